@@ -1,0 +1,144 @@
+"""Command line: parses arguments and hands them to the stages; no stage imports this module."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from fractions import Fraction
+from pathlib import Path
+
+from robustjpeg import __version__
+from robustjpeg.errors import ConfigError, RobustJpegError
+
+EXIT_OK, EXIT_CRASH, EXIT_USAGE, EXIT_REGRESSION, EXIT_CHECK_FAILED = 0, 1, 2, 3, 4
+
+
+def parse_fraction(text: str) -> float:
+    """'8/255' or '0.03' -> float; the CLI and suite files share this."""
+    try:
+        return float(Fraction(text.strip()))
+    except (ValueError, ZeroDivisionError) as exc:
+        raise ConfigError(f"{text!r} is not a number or fraction such as 8/255") from exc
+
+
+def parse_eps_list(text: str) -> list[float]:
+    """'0,1/255,0.3' -> [0.0, 0.0039..., 0.3], each checked to lie in [0, 1]."""
+    values = [parse_fraction(part) for part in text.split(",") if part.strip()]
+    if not values:
+        raise ConfigError("--eps needs at least one budget, e.g. --eps 0,2/255,8/255")
+    bad = [v for v in values if not 0.0 <= v <= 1.0]
+    if bad:
+        raise ConfigError(f"--eps budgets must lie in [0, 1] (image range), got {bad}; write 8/255, not 8")
+    return values
+
+
+def _common(p: argparse.ArgumentParser, evaluates: bool = False, suite: bool = False) -> None:
+    p.add_argument("-o", "--out", type=Path, default=None, help="folder to write into")
+    p.add_argument("--seed", type=int, default=0, help="seed for data order, subsets, init and attacks (default 0)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    if evaluates:
+        p.add_argument("-n", "--num-examples", type=int, default=None, help="evaluate a fixed class-stratified subset of N test images")
+    if suite:
+        p.add_argument("--suite", default=None, help="attack suite: a TOML file or a shipped name (quick, standard, adaptive)")
+        p.add_argument("--eps", type=parse_eps_list, default=None, help="override the Linf budgets, e.g. 0,1/255,8/255")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="robustjpeg", description="Adversarial-robustness benchmarks for classifiers with a trainable JPEG layer.")
+    parser.add_argument("--version", action="version", version=f"robustjpeg {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (add, _run, help_) in COMMANDS.items():
+        add(sub.add_parser(name, help=help_, description=help_))
+    return parser
+
+
+# --- train ---------------------------------------------------------------------------------------
+
+def _add_train(p: argparse.ArgumentParser) -> None:
+    _common(p)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    raise ConfigError("train is not available yet")
+
+
+# --- sweep ---------------------------------------------------------------------------------------
+
+def _add_sweep(p: argparse.ArgumentParser) -> None:
+    _common(p, evaluates=True, suite=True)
+
+
+def _run_sweep(args: argparse.Namespace) -> int:
+    raise ConfigError("sweep is not available yet")
+
+
+# --- eval ----------------------------------------------------------------------------------------
+
+def _add_eval(p: argparse.ArgumentParser) -> None:
+    _common(p, evaluates=True, suite=True)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    raise ConfigError("eval is not available yet")
+
+
+# --- report --------------------------------------------------------------------------------------
+
+def _add_report(p: argparse.ArgumentParser) -> None:
+    _common(p)
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    raise ConfigError("report is not available yet")
+
+
+# --- compare -------------------------------------------------------------------------------------
+
+def _add_compare(p: argparse.ArgumentParser) -> None:
+    _common(p)
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    raise ConfigError("compare is not available yet")
+
+
+# --- bench ---------------------------------------------------------------------------------------
+
+def _add_bench(p: argparse.ArgumentParser) -> None:
+    _common(p, evaluates=True, suite=True)
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    raise ConfigError("bench is not available yet")
+
+
+COMMANDS = {
+    "train": (_add_train, _run_train, "train a baseline or JPEG-DL model"),
+    "sweep": (_add_sweep, _run_sweep, "attack a model over a grid of budgets and store per-sample outcomes"),
+    "eval": (_add_eval, _run_eval, "load any checkpoint, sweep it and write its report"),
+    "report": (_add_report, _run_report, "turn sweep results into plots and a Markdown report"),
+    "compare": (_add_compare, _run_compare, "paired comparison of two runs on the same samples"),
+    "bench": (_add_bench, _run_bench, "run the whole benchmark (train, sweep, report, compare) from one file"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `robustjpeg` console script; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return COMMANDS[args.command][1](args)
+    except RobustJpegError as exc:
+        print(f"robustjpeg {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"robustjpeg {args.command}: interrupted; finished work is saved, rerun with --resume", file=sys.stderr)
+        return 130
+    except Exception:
+        traceback.print_exc()
+        print(f"robustjpeg {args.command}: crashed (a bug, please report it with the traceback above)", file=sys.stderr)
+        return EXIT_CRASH

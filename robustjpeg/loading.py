@@ -60,7 +60,8 @@ from robustjpeg.errors import CheckpointError, ConfigError, UnknownName
 WRAPPER_KEYS = ("state_dict", "model", "net", "model_state_dict")
 PREFIXES = ("module.", "model.")
 OUR_SCHEMA = "robustjpeg.checkpoint/1"
-SPEC_KEYS = ("name", "checkpoint", "arch", "num_classes", "mean", "std", "input_size", "threat_model", "model_dir")
+SPEC_KEYS = {"name": str, "checkpoint": str, "arch": str, "num_classes": int, "mean": list, "std": list,
+             "input_size": (int, list), "threat_model": str, "model_dir": str}
 ZOO_DATASETS = ("cifar10", "cifar100", "imagenet")
 TRUST_HINT = (
     "loading it means unpickling, which runs whatever code its author put in the file. "
@@ -87,8 +88,8 @@ def load_model(source: str | Path, *, arch: str | None = None, num_classes: int 
         model, info = _load_zoo(str(source), threat_model or "Linf", model_dir, download)
     else:
         model, info = _load_file(Path(source), arch, num_classes, mean, std, trust)
-    size = parse_input_size(input_size) if input_size is not None else info.get("input_size")
-    info.update(name=name or info["name"], input_size=list(size) if size else None)
+    size = input_size if input_size is not None else info.get("input_size")
+    info.update(name=name or info["name"], input_size=list(parse_input_size(size)) if size else None)
     return model.to(torch.device(device)).eval(), info
 
 
@@ -100,6 +101,9 @@ def check_class_count(model: nn.Module, x: torch.Tensor, num_classes: int, data_
     except RuntimeError as exc:
         raise CheckpointError(f"the model fails on input of shape {tuple(x.shape)} from {data_name} ({_first_line(exc)}); "
                               "check --input-size, --arch and --dataset") from exc
+    if not isinstance(out, torch.Tensor):
+        raise CheckpointError(f"the model returns a {type(out).__name__}, not a tensor of class scores; wrap it so "
+                              "that forward returns logits only")
     if out.ndim != 2 or out.shape[1] != num_classes:
         raise CheckpointError(f"the model outputs shape {tuple(out.shape)} but {data_name} has {num_classes} classes; "
                               "use the dataset it was trained on, or the matching --num-classes")
@@ -136,6 +140,9 @@ def read_model_spec(path: Path) -> dict[str, Any]:
         raise ConfigError(f"model spec {path}: unknown keys {unknown}; known: {', '.join(SPEC_KEYS)}{hint}")
     if "checkpoint" not in spec:
         raise ConfigError(f"model spec {path} needs checkpoint = \"FILE\" or \"robustbench:NAME\"")
+    wrong = [f"{k} = {v!r}" for k, v in spec.items() if not isinstance(v, SPEC_KEYS[k]) or isinstance(v, bool)]
+    if wrong:
+        raise ConfigError(f"model spec {path}: wrong type for {', '.join(wrong)} (see the format in robustjpeg.loading)")
     return _resolve_spec_paths(spec, path.parent)
 
 

@@ -95,6 +95,22 @@ def test_mean_std_put_normalisation_inside_the_model(wrapped_file, net, photo_ba
     assert info["mean"] == list(CIFAR_MEAN)
 
 
+def test_our_training_checkpoint_brings_its_own_architecture(tmp_path):
+    pytest.importorskip("robustjpeg.train", reason="our checkpoints are read by robustjpeg.train")
+    from robustjpeg.models import ModelSpec, build_model
+
+    spec = ModelSpec(arch="smallcnn", num_classes=10, in_channels=1, mean=(0.13,), std=(0.31,), input_size=28)
+    net = build_model(spec).eval()
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"schema": "robustjpeg.checkpoint/1", "model_spec": spec.to_dict(), "state_dict": net.state_dict(),
+                "complete": True, "epoch": 1}, path)
+    model, info = load_model(path)
+    assert info["format"] == "robustjpeg" and info["spec"] == spec.to_dict()
+    assert info["input_size"] == [28, 28] and holds_weights_of(model, net)
+    with pytest.raises(ConfigError, match="drop --arch"):
+        load_model(path, arch="resnet20")
+
+
 def test_model_spec_toml_names_checkpoint_relative_to_itself(wrapped_file, net, tmp_path):
     spec = tmp_path / "specs" / "model.toml"
     spec.parent.mkdir()
@@ -116,6 +132,13 @@ def test_model_spec_cannot_grant_trust(tmp_path):
     spec = tmp_path / "model.toml"
     spec.write_text('checkpoint = "x.pt"\ntrust = true\n')
     with pytest.raises(ConfigError, match="--trust-checkpoint"):
+        read_model_spec(spec)
+
+
+def test_model_spec_with_wrong_type_names_the_key(tmp_path):
+    spec = tmp_path / "model.toml"
+    spec.write_text('checkpoint = "x.pt"\nnum_classes = "ten"\n')
+    with pytest.raises(ConfigError, match="wrong type for num_classes = 'ten'"):
         read_model_spec(spec)
 
 

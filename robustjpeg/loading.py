@@ -47,6 +47,7 @@ import importlib.util
 import pickle
 import re
 import sys
+import tomllib
 import warnings
 import zipfile
 from pathlib import Path
@@ -127,7 +128,6 @@ def parse_input_size(value: Any) -> tuple[int, int]:
 
 def read_model_spec(path: Path) -> dict[str, Any]:
     """Read a model-spec TOML into load_model keyword arguments (paths made relative to the file)."""
-    tomllib = _tomllib()
     if not path.is_file():
         raise ConfigError(f"model spec {path} does not exist")
     try:
@@ -156,14 +156,6 @@ def _resolve_spec_paths(spec: dict, base: Path) -> dict:
         if key in spec:
             spec[key] = tuple(spec[key]) if isinstance(spec[key], list) else spec[key]
     return spec
-
-
-def _tomllib():
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
-    return tomllib
 
 
 # --- files ---------------------------------------------------------------------------------------

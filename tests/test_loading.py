@@ -283,6 +283,11 @@ def test_eval_command_refuses_bad_checkpoint_in_one_line(tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1
 
 
+def test_eval_command_needs_a_checkpoint_or_a_spec(tmp_path, capsys):
+    assert main(["eval", "--dataset", "mnist5k", "-o", str(tmp_path)]) == 2
+    assert "CHECKPOINT" in capsys.readouterr().err
+
+
 # --- RobustBench ---------------------------------------------------------------------------------
 
 ZOO_NAME = "Addepalli2021Towards_RN18"  # a ResNet-18: the smallest CIFAR-10 Linf zoo entry to build

@@ -90,7 +90,7 @@ def _add_model_source_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--num-classes", type=int, default=None, help="classes of the model (default: read from the file)")
     g.add_argument("--mean", type=parse_floats, default=None, help="normalise inputs inside the model, e.g. 0.485,0.456,0.406 (with --std)")
     g.add_argument("--std", type=parse_floats, default=None, help="per-channel std, e.g. 0.229,0.224,0.225 (with --mean)")
-    g.add_argument("--input-size", default=None, help="input size the model expects: N or H,W")
+    g.add_argument("--input-size", default=None, help="input size the model expects, N or H,W; other data sizes are resized inside the model")
     g.add_argument("--trust-checkpoint", action="store_true", help="allow a checkpoint that runs pickled Python code on load (only for files you trust)")
     g.add_argument("--threat-model", default=None, help="RobustBench threat model for robustbench:NAME (Linf, L2, corruptions; default Linf)")
     g.add_argument("--model-dir", type=Path, default=None, help="RobustBench model folder holding <dataset>/<threat>/<NAME>.pt (default ./models)")
@@ -135,12 +135,13 @@ def _sweep_and_report(args: argparse.Namespace, model, info: dict, device) -> in
     from dataclasses import replace
 
     from robustjpeg.data import eval_tensors, load_dataset
-    from robustjpeg.loading import check_class_count
+    from robustjpeg.loading import check_class_count, fit_input_size
     from robustjpeg.report import write_report
     from robustjpeg.sweep import load_suite, run_sweep
 
     data = load_dataset(args.dataset, root=args.data_root, download=args.download)
     x, y, _ = eval_tensors(data, args.num_examples, args.seed)
+    model = fit_input_size(model, info, x[:1].to(device))
     check_class_count(model, x[:2].to(device), len(data.classes), data.name)
     suite = load_suite(args.suite or "quick")
     suite = replace(suite, eps=args.eps) if args.eps else suite

@@ -110,6 +110,26 @@ def check_class_count(model: nn.Module, x: torch.Tensor, num_classes: int, data_
                               "use the dataset it was trained on, or the matching --num-classes")
 
 
+class Resize(nn.Module):
+    """Bilinear resize to the size a model expects, inside the model so budgets stay in the data's pixels."""
+
+    def __init__(self, size: tuple[int, int]) -> None:
+        super().__init__()
+        self.size = tuple(size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.interpolate(x, size=self.size, mode="bilinear", align_corners=False)
+
+
+def fit_input_size(model: nn.Module, info: dict, x: torch.Tensor) -> nn.Module:
+    """Put a Resize in front when the model's declared input size differs from the data's (noted in info)."""
+    size = info.get("input_size")
+    if not size or tuple(size) == tuple(x.shape[-2:]):
+        return model
+    info["resized_from"] = list(x.shape[-2:])
+    return nn.Sequential(Resize(size), model).to(x.device).eval()
+
+
 def parse_input_size(value: Any) -> tuple[int, int]:
     """32, "32", "32x32", "32,32" or [32, 32] -> (H, W)."""
     parts = [value] if isinstance(value, int) else value

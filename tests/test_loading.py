@@ -17,7 +17,7 @@ from PIL import Image
 
 from robustjpeg.cli import main
 from robustjpeg.errors import CheckpointError, ConfigError, UnknownName
-from robustjpeg.loading import check_class_count, import_robustbench, load_model, read_model_spec
+from robustjpeg.loading import check_class_count, fit_input_size, import_robustbench, load_model, read_model_spec
 
 ARCH = "torchvision:mobilenet_v3_small"
 CLASSES = 7
@@ -257,6 +257,16 @@ def test_class_count_not_matching_the_data_is_refused(wrapped_file, photo_batch)
     check_class_count(model, photo_batch, CLASSES, "photos")
     with pytest.raises(CheckpointError, match="outputs shape \\(2, 7\\) but cifar10 has 10 classes"):
         check_class_count(model, photo_batch, 10, "cifar10")
+
+
+def test_declared_input_size_resizes_data_inside_the_model(wrapped_file, net, photo_batch):
+    model, info = load_model(wrapped_file, arch=ARCH, input_size="48")
+    fitted = fit_input_size(model, info, photo_batch)
+    assert info["resized_from"] == [32, 32]
+    with torch.no_grad():
+        expected = net(torch.nn.functional.interpolate(photo_batch, size=(48, 48), mode="bilinear"))
+        assert torch.allclose(fitted(photo_batch), expected, atol=1e-5)
+    assert fit_input_size(model, {"input_size": [32, 32]}, photo_batch) is model
 
 
 def test_weights_without_arch_ask_for_arch(wrapped_file):

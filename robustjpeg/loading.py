@@ -188,7 +188,9 @@ def _load_file(path: Path, arch, num_classes, mean, std, trust) -> tuple[nn.Modu
         _refuse_normalisation(mean, std, "TorchScript models")
         if arch:
             raise ConfigError(f"{path} is a TorchScript archive that holds its own architecture; drop --arch {arch}")
-        return torch.jit.load(str(path), map_location="cpu"), {**info, "arch": "torchscript"}
+        with warnings.catch_warnings():  # torch deprecates TorchScript, but people still ship it
+            warnings.simplefilter("ignore", FutureWarning)
+            return torch.jit.load(str(path), map_location="cpu"), {**info, "arch": "torchscript"}
     obj = _read_safetensors(path) if kind == "safetensors" else _torch_load(path, trust)
     if isinstance(obj, dict) and obj.get("schema") == OUR_SCHEMA:
         return _load_ours(path, obj, arch, mean, std, info)
@@ -272,7 +274,8 @@ def _load_ours(path: Path, ckpt: dict, arch, mean, std, info: dict) -> tuple[nn.
         raise ConfigError(f"{path} is a robustjpeg checkpoint of a {spec.arch}; drop --arch {arch}")
     _refuse_normalisation(mean, std, "robustjpeg checkpoints (normalisation is stored inside)")
     info.update(format="robustjpeg", arch=spec.arch, spec=spec.to_dict(), num_classes=spec.num_classes,
-                mean=list(spec.mean), std=list(spec.std), input_size=spec.input_size)
+                mean=list(spec.mean), std=list(spec.std), input_size=spec.input_size, complete=ckpt.get("complete"),
+                epoch=ckpt.get("epoch"))
     return model, info
 
 

@@ -80,8 +80,7 @@ def test_torchscript_archive_loads_without_arch(tmp_path, photo_batch):
     path = tmp_path / "scripted.pt"
     with pytest.warns(FutureWarning):
         torch.jit.save(torch.jit.script(small), path)
-    with pytest.warns(FutureWarning):
-        model, info = load_model(path)
+    model, info = load_model(path)
     assert info["arch"] == "torchscript"
     assert predicts_like(model, small, photo_batch)
 
@@ -106,7 +105,7 @@ def test_our_training_checkpoint_brings_its_own_architecture(tmp_path):
                 "complete": True, "epoch": 1}, path)
     model, info = load_model(path)
     assert info["format"] == "robustjpeg" and info["spec"] == spec.to_dict()
-    assert info["input_size"] == [28, 28] and holds_weights_of(model, net)
+    assert info["input_size"] == [28, 28] and info["complete"] is True and holds_weights_of(model, net)
     with pytest.raises(ConfigError, match="drop --arch"):
         load_model(path, arch="resnet20")
 

@@ -473,12 +473,29 @@ def _alias_autoattack() -> None:
 def _load_zoo(source: str, threat_model: str, model_dir, download: bool) -> tuple[nn.Module, dict]:
     dataset, _, zoo_name = source[len("robustbench:"):].rpartition("/")
     dataset = dataset or "cifar10"
-    if dataset not in ZOO_DATASETS:
-        raise ConfigError(f"{source}: RobustBench dataset {dataset!r} is not one of {', '.join(ZOO_DATASETS)}")
     rb = import_robustbench()
+    entry = _zoo_entry(source, dataset, threat_model, zoo_name)
+    threat_folder = threat_model.replace("_3d", "")
+    if not download and _fetched_through_timm(zoo_name, dataset, threat_folder):
+        raise CheckpointError(f"{source}: RobustBench builds this model through timm with weights fetched from the "
+                              "network, ignoring --model-dir; pass --download to allow that")
+    root = Path(model_dir or "models")
+    files = _zoo_files(root / dataset / threat_folder / f"{zoo_name}.pt", entry["gdrive_id"], source, download)
+    model = _zoo_load(rb, zoo_name, root, dataset, threat_model, source)
+    single = files[0] if len(files) == 1 and files[0].is_file() else None
+    info = {"name": zoo_name, "source": source, "sha256": _sha256(single) if single else None,
+            "format": "robustbench", "arch": f"robustbench:{dataset}/{threat_model}/{zoo_name}", "spec": None,
+            "mean": None, "std": None}
+    return model, info
+
+
+def _zoo_entry(source: str, dataset: str, threat_model: str, zoo_name: str) -> dict:
+    """RobustBench's model-zoo record for a name, or an error listing what the zoo holds."""
     from robustbench.model_zoo import model_dicts
     from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
 
+    if dataset not in ZOO_DATASETS:
+        raise ConfigError(f"{source}: RobustBench dataset {dataset!r} is not one of {', '.join(ZOO_DATASETS)}")
     try:
         zoo = model_dicts[BenchmarkDataset(dataset)][ThreatModel(threat_model)]
     except (ValueError, KeyError) as exc:
@@ -486,9 +503,19 @@ def _load_zoo(source: str, threat_model: str, model_dir, download: bool) -> tupl
                           f"{', '.join(t.value for t in ThreatModel)}") from exc
     if zoo_name not in zoo:
         raise UnknownName(f"RobustBench has no {dataset}/{threat_model} model {zoo_name!r}; known: {', '.join(zoo)}")
-    root = Path(model_dir or "models")
-    folder = root / dataset / threat_model.replace("_3d", "")
-    files = _zoo_files(folder / f"{zoo_name}.pt", zoo[zoo_name]["gdrive_id"])
+    return zoo[zoo_name]
+
+
+def _fetched_through_timm(zoo_name: str, dataset: str, threat_model: str) -> bool:
+    """RobustBench's own rule: a zoo name that timm knows loads timm's pretrained weights, never the local file."""
+    import timm
+
+    return timm.is_model(f"{zoo_name.lower().replace('-', '_')}_{dataset}_{threat_model.lower()}")
+
+
+def _zoo_files(path: Path, gdrive_id, source: str, download: bool) -> list[Path]:
+    """The checkpoint file(s) RobustBench will read (ensembles have several); absent ones only with download."""
+    files = [Path(f"{path}_m{i}.pt") for i in range(len(gdrive_id))] if isinstance(gdrive_id, list) else [path]
     absent = [str(f) for f in files if not f.is_file()]
     if absent and not download:
         raise CheckpointError(f"{source}: {', '.join(absent)} not found; put the checkpoint there (--model-dir DIR "
@@ -496,24 +523,15 @@ def _load_zoo(source: str, threat_model: str, model_dir, download: bool) -> tupl
     for f in files:
         if f.is_file():
             sniff_file(f)
-    model = _zoo_load(rb, zoo_name, root, dataset, threat_model, source)
-    info = {"name": zoo_name, "source": source, "sha256": _sha256(files[0]) if len(files) == 1 else None,
-            "format": "robustbench", "arch": f"robustbench:{dataset}/{threat_model}/{zoo_name}", "spec": None,
-            "mean": None, "std": None}
-    return model, info
-
-
-def _zoo_files(path: Path, gdrive_id) -> list[Path]:
-    if isinstance(gdrive_id, list):
-        return [Path(f"{path}_m{i}.pt") for i in range(len(gdrive_id))]
-    return [path]
+    return files
 
 
 def _zoo_load(rb, zoo_name: str, model_dir: Path, dataset: str, threat_model: str, source: str) -> nn.Module:
     try:
         return rb.load_model(zoo_name, model_dir=str(model_dir), dataset=dataset, threat_model=threat_model)
     except pickle.UnpicklingError as exc:
-        raise CheckpointError(f"{source} was refused: it names Python code; {TRUST_HINT}") from exc
+        raise CheckpointError(f"{source}: the checkpoint names Python code and RobustBench loads weights only; "
+                              "re-save its state_dict() to that file") from exc
     except (RuntimeError, EOFError, KeyError, ValueError) as exc:
         raise CheckpointError(f"{source}: RobustBench could not load the checkpoint ({_first_line(exc)})") from exc
 

@@ -340,6 +340,19 @@ def test_robustbench_missing_checkpoint_is_not_downloaded(robustbench, no_networ
         load_model("robustbench:Standard", model_dir=tmp_path)
 
 
+def test_robustbench_html_page_in_model_dir_is_refused(robustbench, no_network, tmp_path):
+    page = tmp_path / "cifar10" / "Linf" / f"{ZOO_NAME}.pt"
+    page.parent.mkdir(parents=True)
+    page.write_text("<!DOCTYPE html><html><title>Google Drive - Quota exceeded</title></html>")
+    with pytest.raises(CheckpointError, match="HTML page"):
+        load_model(f"robustbench:{ZOO_NAME}", model_dir=tmp_path)
+
+
+def test_robustbench_model_served_by_timm_is_not_fetched(robustbench, no_network, tmp_path):
+    with pytest.raises(CheckpointError, match="through timm .*--download"):
+        load_model("robustbench:Debenedetti2022Light_XCiT-S12", model_dir=tmp_path)
+
+
 def test_robustbench_unknown_name_lists_known(robustbench, tmp_path):
     with pytest.raises(UnknownName, match="Carmon2019Unlabeled"):
         load_model("robustbench:NoSuchModel2099", model_dir=tmp_path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -42,3 +43,48 @@ def cifar_jpeg_test_tar() -> Path:
 @pytest.fixture(scope="session")
 def resnet20_checkpoint() -> Path:
     return shared_file("models/cifar10/resnet20-12fca82f.th")
+
+
+# --- training fixtures (data, models, train) -----------------------------------------------------
+# One short mnist5k run per variant and session, shared by every test that needs a trained model.
+# Training runs on one thread: on a shared 2-core machine two threads are many times slower.
+
+MNIST_EPOCHS = 4
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Run torch on one CPU thread inside the block, restoring the previous count after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture
+def single_thread():
+    with one_thread():
+        yield
+
+
+def _train_mnist(tmp_path_factory, variant: str) -> dict:
+    from robustjpeg.train import TrainConfig, train
+
+    cfg = TrainConfig(dataset="mnist5k", variant=variant, epochs=MNIST_EPOCHS, device="cpu", progress=False)
+    with one_thread():
+        return train(cfg, tmp_path_factory.mktemp(f"mnist-{variant}"))
+
+
+@pytest.fixture(scope="session")
+def mnist_baseline_run(tmp_path_factory) -> dict:
+    """Summary of a baseline smallcnn trained on mnist5k (CPU, seed 0); its checkpoint path is summary['checkpoint']."""
+    return _train_mnist(tmp_path_factory, "baseline")
+
+
+@pytest.fixture(scope="session")
+def mnist_jpeg_run(tmp_path_factory) -> dict:
+    """Summary of a JPEG-DL smallcnn trained on mnist5k with the same recipe as mnist_baseline_run."""
+    pytest.importorskip("robustjpeg.jpeg", reason="the JPEG layer module is not in this checkout")
+    return _train_mnist(tmp_path_factory, "jpeg")

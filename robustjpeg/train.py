@@ -104,6 +104,8 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"--jpeg-init must be one of {', '.join(JPEG_INITS)}, not {cfg.jpeg_init!r}")
     if cfg.variant != "jpeg" and (cfg.jpeg_init != "standard" or cfg.init_from):
         raise ConfigError("--jpeg-init/--init-from choose the trainable tables' start; they need --jpeg")
+    if (cfg.jpeg_init == "constant") != (cfg.jpeg_constant is not None):
+        raise ConfigError("--jpeg-init constant and --jpeg-constant STEP go together")
     if (cfg.jpeg_init == "sensitivity") != bool(cfg.init_from):
         raise ConfigError("--jpeg-init sensitivity and --init-from BASELINE_CHECKPOINT go together")
     if cfg.init_from and not Path(cfg.init_from).is_file():
@@ -132,8 +134,8 @@ def make_spec(cfg: TrainConfig, ds: Dataset) -> ModelSpec:
         trainable = cfg.variant == "jpeg"
         init = cfg.jpeg_init if trainable else "standard"
         layer = JpegLayer(channels=ds.in_channels, alpha=5.0 if cfg.jpeg_alpha is None else cfg.jpeg_alpha,
-                          hardness=cfg.jpeg_hardness, init="standard" if init in ("abs_avg", "sensitivity") else init,
-                          quality=cfg.jpeg_quality, constant=cfg.jpeg_constant, trainable=trainable)
+                          hardness=cfg.jpeg_hardness, init=init, quality=cfg.jpeg_quality,
+                          constant=cfg.jpeg_constant, trainable=trainable)
         jpeg = {**layer.config(), "trainable": trainable}
     return ModelSpec(cfg.arch, len(ds.classes), ds.in_channels, tuple(ds.mean), tuple(ds.std), ds.input_size, jpeg)
 
@@ -380,11 +382,12 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False) -> dict[str, Any]:
     init_tables(model, cfg, ds, device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
     opts = make_optimisers(model, cfg)
     gen = torch.Generator().manual_seed(cfg.seed)
     history: list[dict] = []
     if resume:
-        ckpt = read_checkpoint(ckpt_path, device)
+        ckpt = read_checkpoint(ckpt_path)
         _same_recipe(cfg, ckpt["train_config"], ckpt_path)
         model.load_state_dict(ckpt["state_dict"])
         for opt, state in zip(opts, ckpt["optimisers"]):
@@ -404,8 +407,8 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False) -> dict[str, Any]:
         if bar is not None:
             bar.close()
         correct, n = evaluate(net, ds.test, device)
-        history.append({"epoch": epoch + 1, "lr": backbone_lr(cfg, epoch), **stats, "test_acc": correct / n,
-                        **_table_summary(model)})
+        history.append({"epoch": epoch + 1, "lr": backbone_lr(cfg, epoch), **stats, "test_correct": correct,
+                        "test_n": n, "test_acc": correct / n, **_table_summary(model)})
         save_checkpoint(ckpt_path, model, spec, cfg, epoch + 1, opts, gen, history)
         atomic_write_text(out / "metrics.jsonl", "".join(_json_line(h) for h in history))
         _log(history[-1], cfg.epochs)
@@ -432,14 +435,15 @@ def _log(record: dict, epochs: int) -> None:
 
 def _finish(out: Path, model: JpegModel, spec: ModelSpec, cfg: TrainConfig, ds: Dataset, device: torch.device,
             ckpt_path: Path, history: list[dict], wall: float) -> dict[str, Any]:
-    correct, n = evaluate(model, ds.test, device)
+    """Write summary.json; the final test accuracy is the last epoch's (the weights are the same)."""
+    correct, n = history[-1]["test_correct"], history[-1]["test_n"]
     summary = {
         "schema": "robustjpeg.train/1", "checkpoint": str(ckpt_path), "dataset": ds.name, "arch": cfg.arch,
         "variant": spec.variant, "epochs": cfg.epochs, "seed": cfg.seed,
         "test": {"correct": correct, **accuracy_record(correct, n)},
         "train_config": cfg.to_dict(), "model_spec": spec.to_dict(), "device": device_description(device),
         "versions": library_versions(), "wall_time_s": round(wall, 3),
-        "images_per_s": history[-1]["images_per_s"] if history else None,
+        "images_per_s": history[-1]["images_per_s"],
     }
     if model.jpeg is not None:
         summary["jpeg_tables"] = model.jpeg.export_qtables()

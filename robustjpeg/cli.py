@@ -64,9 +64,10 @@ def _parse_milestones(text: str) -> tuple[int, ...]:
 
 def _add_train(p: argparse.ArgumentParser) -> None:
     _common(p)
-    p.add_argument("--dataset", default="mnist5k", help="mnist5k (default, offline: 5,000 digits of MNIST's training split, "
-                   "fixed 4,000/1,000 split), cifar10, cifar100, flowers102, "
-                   "pets, cars, aircraft, cub200, or imagefolder:PATH (folder or .tar.gz in ImageFolder layout)")
+    p.add_argument("--dataset", default="mnist5k",
+                   help="mnist5k (default, offline: 5,000 digits of MNIST's training split, fixed 4,000/1,000 split), "
+                   "cifar10, cifar100, flowers102, pets, cars, aircraft, cub200, or imagefolder:PATH (a folder with "
+                   "train/ and test/ in ImageFolder layout, or with train.tar.gz and test.tar.gz)")
     p.add_argument("--arch", default=None, help="backbone (default per dataset: smallcnn, resnet20, tv_resnet18)")
     kind = p.add_mutually_exclusive_group()
     kind.add_argument("--jpeg", action="store_true", help="JPEG-DL: a trainable JPEG layer in front of the backbone")
@@ -82,7 +83,7 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None, help="backbone SGD learning rate")
-    p.add_argument("--jpeg-lr", type=float, default=3e-3, help="Adam learning rate of the JPEG tables (default 3e-3)")
+    p.add_argument("--jpeg-lr", type=float, default=None, help="Adam learning rate of the JPEG tables (default 3e-3)")
     p.add_argument("--weight-decay", type=float, default=None)
     p.add_argument("--milestones", type=_parse_milestones, default=None, help="epochs where the lr drops 10x, e.g. 150,180,210")
     p.add_argument("--train-subset", type=int, default=None, metavar="N", help="train on a fixed stratified subset of N images")
@@ -100,15 +101,17 @@ def _train_config(args: argparse.Namespace):
         raise ConfigError("--jpeg-fixed QUALITY already sets the quality; drop --jpeg-quality")
     if args.jpeg_quality is not None and not args.jpeg:
         raise ConfigError("--jpeg-quality sets the trainable tables' start; it needs --jpeg")
+    if args.jpeg_lr is not None and not args.jpeg:
+        raise ConfigError("--jpeg-lr sets the trainable JPEG tables' optimiser; it needs --jpeg")
     variant = "jpeg" if args.jpeg else "jpeg-fixed" if args.jpeg_fixed is not None else "baseline"
-    quality = args.jpeg_fixed if args.jpeg_fixed is not None else args.jpeg_quality or 50
+    quality = next(q for q in (args.jpeg_fixed, args.jpeg_quality, TrainConfig.jpeg_quality) if q is not None)
     return TrainConfig(
         dataset=args.dataset, arch=args.arch, variant=variant, jpeg_alpha=args.alpha, jpeg_hardness=args.hardness,
         jpeg_init=args.jpeg_init, jpeg_quality=quality, jpeg_constant=args.jpeg_constant, init_from=args.init_from,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-        milestones=args.milestones, jpeg_lr=args.jpeg_lr, seed=args.seed, train_subset=args.train_subset,
-        data_root=args.data_root, download=args.download, compile=args.compile, device=args.device,
-        workers=args.workers)
+        milestones=args.milestones, jpeg_lr=TrainConfig.jpeg_lr if args.jpeg_lr is None else args.jpeg_lr,
+        seed=args.seed, train_subset=args.train_subset, data_root=args.data_root, download=args.download,
+        compile=args.compile, device=args.device, workers=args.workers)
 
 
 def _run_train(args: argparse.Namespace) -> int:

@@ -179,3 +179,24 @@ def test_missing_data_sets_say_where_they_looked_and_which_flag_helps(tmp_path):
         data.load_dataset("cub200", root=tmp_path)
     with pytest.raises(UnknownName, match="mnist5k"):
         data.load_dataset("mnist6k")
+
+
+def test_file_based_splits_batch_in_the_seeded_order_and_feed_eval_tensors(tiny_imagefolder):
+    from torchvision import transforms
+
+    from robustjpeg.train import Batches, TrainConfig
+
+    files = sorted((tiny_imagefolder / "train").rglob("*.jpg"))
+    labels = [sorted({f.parent.name for f in files}).index(f.parent.name) for f in files]
+    split = data.ImageSplit(files, labels, transforms.ToTensor())
+    ds = data.Dataset("tiny", [str(i) for i in range(10)], data.IMAGENET_MEAN, data.IMAGENET_STD, "fine", split, split)
+    cfg = TrainConfig(dataset="tiny", batch_size=16, workers=0).resolved("fine")
+    batches = Batches(ds, cfg, torch.device("cpu"))
+    gen = torch.Generator().manual_seed(3)
+    order = torch.randperm(len(files), generator=torch.Generator().manual_seed(3))
+    got = list(batches.epoch(gen))
+    assert [len(y) for _, y in got] == [16, 16, 8]
+    assert torch.equal(torch.cat([y for _, y in got]), split.y[order])
+    assert torch.equal(got[0][0][0], transforms.ToTensor()(Image.open(files[order[0]]).convert("RGB")))
+    x, y, idx = data.eval_tensors(ds, 20, seed=0)
+    assert x.shape == (20, 3, 32, 32) and torch.equal(y, split.y[idx]) and torch.bincount(y).tolist() == [2] * 10

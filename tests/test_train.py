@@ -167,6 +167,7 @@ def test_existing_run_needs_resume_and_resume_needs_the_same_recipe(mnist_baseli
     (["--jpeg", "--jpeg-init", "sensitivity"], "--init-from"),
     (["--jpeg-fixed", "50", "--jpeg-quality", "75"], "drop --jpeg-quality"),
     (["--jpeg-quality", "75"], "needs --jpeg"),
+    (["--jpeg-fixed", "75", "--jpeg-lr", "0.01"], "needs --jpeg"),
     (["--jpeg", "--jpeg-init", "magic"], "standard, constant"),
     (["--jpeg", "--jpeg-init", "constant"], "--jpeg-constant"),
     (["--alpha", "5", "--hardness", "0.7"], "not allowed with"),

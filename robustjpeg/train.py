@@ -79,7 +79,8 @@ class TrainConfig:
         return cfg
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        """Plain JSON types only (paths as strings), so checkpoints stay loadable with weights_only=True."""
+        d = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
         d["milestones"] = None if self.milestones is None else list(self.milestones)
         return d
 

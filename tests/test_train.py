@@ -15,7 +15,7 @@ import torch
 
 from robustjpeg import cli
 from robustjpeg.data import load_dataset
-from robustjpeg.errors import ConfigError, RunFolderError
+from robustjpeg.errors import CheckpointError, ConfigError, RunFolderError
 from robustjpeg.train import (TrainConfig, backbone_lr, evaluate, init_tables, load_trained, make_optimisers, make_spec,
                               train)
 from robustjpeg.models import build_model
@@ -48,6 +48,17 @@ def test_checkpoint_loads_weights_only_and_reproduces_the_reported_accuracy(mnis
     assert spec.variant == "baseline" and not model.training
     correct, n = evaluate(model, load_dataset("mnist5k").test, torch.device("cpu"))
     assert correct == mnist_baseline_run["test"]["correct"] and n == mnist_baseline_run["test"]["n"]
+
+
+def test_load_trained_refuses_foreign_and_damaged_files(mnist_baseline_run, tmp_path):
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(CheckpointError, match="robustjpeg eval"):
+        load_trained(foreign)
+    damaged = tmp_path / "damaged.pt"
+    damaged.write_bytes(Path(mnist_baseline_run["checkpoint"]).read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="weights-only"):
+        load_trained(damaged)
 
 
 def test_metrics_log_has_one_json_line_per_epoch(mnist_baseline_run):
@@ -107,6 +118,14 @@ def test_sensitivity_init_refuses_a_jpeg_checkpoint(mnist_jpeg_run):
         init_tables(build_model(make_spec(cfg, ds)), cfg, ds, torch.device("cpu"))
 
 
+def test_train_config_round_trips_through_json_with_paths_as_strings(tmp_path):
+    cfg = TrainConfig(data_root=tmp_path, milestones=(2, 3), variant="jpeg", jpeg_hardness=0.7)
+    d = json.loads(json.dumps(cfg.to_dict()))
+    assert d["data_root"] == str(tmp_path)
+    assert TrainConfig.from_dict(d) == TrainConfig(data_root=str(tmp_path), milestones=(2, 3), variant="jpeg",
+                                                   jpeg_hardness=0.7)
+
+
 def test_backbone_learning_rate_drops_tenfold_at_each_milestone():
     cfg = TrainConfig(lr=0.1, epochs=10, milestones=(3, 6)).resolved("cifar")
     assert [round(backbone_lr(cfg, e), 6) for e in (0, 2, 3, 5, 6, 9)] == [0.1, 0.1, 0.01, 0.01, 0.001, 0.001]
@@ -121,7 +140,7 @@ def _cli_args(cfg: TrainConfig, out: Path) -> list[str]:
             "--device", "cpu", "--seed", str(cfg.seed), "-o", str(out)]
 
 
-def _kill_after_first_checkpoint(argv: list[str], checkpoint: Path, timeout: float = 120.0) -> None:
+def _kill_after_first_checkpoint(argv: list[str], checkpoint: Path, timeout: float = 300.0) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "robustjpeg", *argv], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
@@ -15,7 +16,8 @@ from torch.nn import functional as F
 
 from robustjpeg.data import Dataset, TensorSplit, augment, load_dataset, stratified_indices
 from robustjpeg.errors import CheckpointError, ConfigError, RunFolderError
-from robustjpeg.io import atomic_torch_save, atomic_write_json, atomic_write_text, device_description, library_versions, resolve_device
+from robustjpeg.io import (atomic_torch_save, atomic_write_json, atomic_write_text, device_description,
+                           library_versions, resolve_device)
 from robustjpeg.models import VARIANTS, JpegModel, ModelSpec, build_model, strip_prefix
 from robustjpeg.stats import accuracy_record
 
@@ -264,7 +266,7 @@ def train_epoch(net: nn.Module, opts: list, batches: Batches, gen: torch.Generat
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elapsed = time.perf_counter() - start
-    return {"train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen,
+    return {"images": seen, "train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen,
             "images_per_s": seen / elapsed, "epoch_time_s": elapsed}
 
 
@@ -370,6 +372,17 @@ def _same_recipe(cfg: TrainConfig, stored: dict[str, Any], path: Path) -> None:
                           "repeat the original flags or start a new run in another folder")
 
 
+def _restore(path: Path, cfg: TrainConfig, model: JpegModel, opts: list, gen: torch.Generator) -> list[dict]:
+    """Load weights, optimiser and RNG states from a checkpoint of the same recipe; returns the epoch history."""
+    ckpt = read_checkpoint(path)
+    _same_recipe(cfg, ckpt["train_config"], path)
+    model.load_state_dict(ckpt["state_dict"])
+    for opt, state in zip(opts, ckpt["optimisers"]):
+        opt.load_state_dict(state)
+    _set_rng_state(gen, ckpt["rng"])
+    return list(ckpt["history"])
+
+
 def train(cfg: TrainConfig, out: Path, resume: bool = False) -> dict[str, Any]:
     """Train (or resume) a run in `out`; returns the summary also written to out/summary.json."""
     out = Path(out)
@@ -386,15 +399,7 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False) -> dict[str, Any]:
         torch.backends.cudnn.benchmark = True
     opts = make_optimisers(model, cfg)
     gen = torch.Generator().manual_seed(cfg.seed)
-    history: list[dict] = []
-    if resume:
-        ckpt = read_checkpoint(ckpt_path)
-        _same_recipe(cfg, ckpt["train_config"], ckpt_path)
-        model.load_state_dict(ckpt["state_dict"])
-        for opt, state in zip(opts, ckpt["optimisers"]):
-            opt.load_state_dict(state)
-        _set_rng_state(gen, ckpt["rng"])
-        history = list(ckpt["history"])
+    history = _restore(ckpt_path, cfg, model, opts, gen) if resume else []
     out.mkdir(parents=True, exist_ok=True)
     net = torch.compile(model) if cfg.compile else model
     batches = Batches(ds, cfg, device)
@@ -424,8 +429,6 @@ def _table_summary(model: JpegModel) -> dict[str, float]:
 
 
 def _json_line(record: dict) -> str:
-    import json
-
     return json.dumps(record) + "\n"
 
 
@@ -436,7 +439,10 @@ def _log(record: dict, epochs: int) -> None:
 
 def _finish(out: Path, model: JpegModel, spec: ModelSpec, cfg: TrainConfig, ds: Dataset, device: torch.device,
             ckpt_path: Path, history: list[dict], wall: float) -> dict[str, Any]:
-    """Write summary.json; the final test accuracy is the last epoch's (the weights are the same)."""
+    """Write summary.json; the final test accuracy is the last epoch's (the weights are the same).
+
+    wall_time_s is this invocation's; train_time_s and passes add up every epoch, resumed ones included.
+    """
     correct, n = history[-1]["test_correct"], history[-1]["test_n"]
     summary = {
         "schema": "robustjpeg.train/1", "checkpoint": str(ckpt_path), "dataset": ds.name, "arch": cfg.arch,
@@ -444,7 +450,10 @@ def _finish(out: Path, model: JpegModel, spec: ModelSpec, cfg: TrainConfig, ds: 
         "test": {"correct": correct, **accuracy_record(correct, n)},
         "train_config": cfg.to_dict(), "model_spec": spec.to_dict(), "device": device_description(device),
         "versions": library_versions(), "wall_time_s": round(wall, 3),
+        "train_time_s": round(sum(h["epoch_time_s"] for h in history), 3),
         "images_per_s": history[-1]["images_per_s"],
+        "passes": {"forward": sum(h["images"] + h["test_n"] for h in history),
+                   "backward": sum(h["images"] for h in history)},
     }
     if model.jpeg is not None:
         summary["jpeg_tables"] = model.jpeg.export_qtables()

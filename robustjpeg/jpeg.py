@@ -33,6 +33,7 @@ from robustjpeg.errors import BadInput, ConfigError, UnknownName
 MODES = ("soft", "hard", "ste")
 INITS = ("standard", "constant", "abs_avg", "sensitivity")
 STEP_MIN, STEP_MAX = 1e-5, 255.0
+LOGIT_FLOOR = -80.0  # softmax logits below the max are floored here: weights < 2e-35 avoid slow denormals
 RANGE_TOLERANCE = 1e-5  # inputs may overshoot [0, 1] by this much (float rounding of upstream clamps)
 
 # ITU-T T.81 Annex K.1 base tables, natural (row-major) order.
@@ -104,32 +105,58 @@ def dct_matrix(dtype: torch.dtype = torch.float32, device: torch.device | str | 
     return d.to(dtype=dtype, device=device)
 
 
-@lru_cache(maxsize=None)
-def _dct64_cached(dtype: torch.dtype, device: torch.device) -> Tensor:
+def _dct64(dtype: torch.dtype, device: torch.device) -> Tensor:
+    """2-D 8x8 DCT as one 64x64 matrix acting on row-major flattened blocks: kron(D, D)."""
     d = dct_matrix(torch.float64, device)
     return torch.kron(d, d).to(dtype)
 
 
-def _dct64(like: Tensor) -> Tensor:
-    """2-D 8x8 DCT as one 64x64 matrix acting on row-major flattened blocks (kron(D, D)); cached, read-only."""
-    return _dct64_cached(like.dtype, like.device)
+def _blocks(x: Tensor) -> Tensor:
+    """NCHW -> zero-padded 8x8 blocks as rows [N, blocks, C * 64] (channel-major, row-major pixels)."""
+    n, c, h, w = x.shape
+    if h % 8 or w % 8:
+        x = F.pad(x, (0, -w % 8, 0, -h % 8))
+    hb, wb = x.shape[2] // 8, x.shape[3] // 8
+    return x.reshape(n, c, hb, 8, wb, 8).permute(0, 2, 4, 1, 3, 5).reshape(n, hb * wb, c * 64)
+
+
+def _unblocks(rows: Tensor, h: int, w: int) -> Tensor:
+    """Inverse of _blocks: rows [N, blocks, C * 64] -> NCHW image cropped back to h x w."""
+    n, c = rows.shape[0], rows.shape[2] // 64
+    hb, wb = -(-h // 8), -(-w // 8)
+    img = rows.reshape(n, hb, wb, c, 8, 8).permute(0, 3, 1, 4, 2, 5).reshape(n, c, hb * 8, wb * 8)
+    return img[:, :, :h, :w]
 
 
 def block_dct(x: Tensor) -> Tensor:
-    """NCHW -> DCT coefficients [N, C, H8/8 * W8/8, 64] of zero-padded 8x8 blocks (row-major frequencies)."""
-    n, c, h, w = x.shape
-    x = F.pad(x, (0, -w % 8, 0, -h % 8))
-    hb, wb = x.shape[2] // 8, x.shape[3] // 8
-    blocks = x.reshape(n, c, hb, 8, wb, 8).permute(0, 1, 2, 4, 3, 5).reshape(n, c, hb * wb, 64)
-    return blocks @ _dct64(x).T
+    """NCHW -> DCT coefficients [N, blocks, C, 64] of zero-padded 8x8 blocks (row-major frequencies)."""
+    n, c = x.shape[:2]
+    rows = _blocks(x)
+    return (rows.reshape(n, rows.shape[1], c, 64) @ _dct64(x.dtype, x.device).T)
 
 
 def block_idct(coeffs: Tensor, h: int, w: int) -> Tensor:
-    """Inverse of block_dct: coefficients [N, C, B, 64] -> NCHW image cropped back to h x w."""
-    n, c = coeffs.shape[:2]
-    hb, wb = -(-h // 8), -(-w // 8)
-    blocks = (coeffs @ _dct64(coeffs)).reshape(n, c, hb, wb, 8, 8)
-    return blocks.permute(0, 1, 2, 4, 3, 5).reshape(n, c, hb * 8, wb * 8)[:, :, :h, :w]
+    """Inverse of block_dct: coefficients [N, blocks, C, 64] -> NCHW image cropped back to h x w."""
+    n, b = coeffs.shape[:2]
+    return _unblocks((coeffs @ _dct64(coeffs.dtype, coeffs.device)).reshape(n, b, -1), h, w)
+
+
+@lru_cache(maxsize=None)
+def _codec(channels: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Fused (weight, bias) pairs: [0, 1] pixels -> level-shifted YCbCr DCT coefficients, and back.
+
+    Colour conversion, x255, the -128 level shift (a DC offset of -1024 on Y) and the DCT are all linear per
+    block, so each direction is one matrix product over rows of C * 64 values. Cached; treat as read-only.
+    """
+    k = _dct64(torch.float64, device)
+    rgb = channels == 3
+    to_ycc = torch.tensor(RGB_TO_YCBCR if rgb else ((1.0,),), dtype=torch.float64, device=device)
+    to_rgb = torch.tensor(YCBCR_TO_RGB if rgb else ((1.0,),), dtype=torch.float64, device=device)
+    enc_bias = torch.zeros(channels * 64, dtype=torch.float64, device=device)
+    enc_bias[0] = -128 * 8
+    dec_bias = torch.full_like(enc_bias, 128 / 255)
+    mats = (torch.kron(to_ycc * 255, k), enc_bias, torch.kron(to_rgb / 255, k.T.contiguous()), dec_bias)
+    return tuple(m.to(dtype) for m in mats)
 
 
 def _index_limit(bits: int) -> float:
@@ -142,8 +169,14 @@ def _window(z: Tensor, q: Tensor, window: int, bits: int) -> Tensor:
     return (z / q).sub_(window / 2).ceil_().clamp_(-limit, limit - window + 1)
 
 
+def _distances(z: Tensor, q: Tensor, start: Tensor, window: int) -> Tensor:
+    """d_k = (start + k) q - z for the window slots, stacked on a leading axis: [window, *z.shape]."""
+    slots = torch.arange(window, dtype=z.dtype, device=z.device).view(-1, *([1] * z.dim()))
+    return (start * q - z).unsqueeze(0) + slots * q
+
+
 class _SoftQuantize(torch.autograd.Function):
-    """Q_d as a loop over the few window slots, in place: memory stays at a few coefficient-sized tensors.
+    """Q_d over a leading window axis with in-place steps: few kernels, memory of a few window-sized tensors.
 
     With distances d_k = (start + k) q - z and weights w_k = softmax_k(-alpha d_k^2), Q = sum_k w_k (start + k) q,
     dQ/dz = 2 alpha S, dQ/dq = Q/q - 2 alpha sum_k t_k (start + k), dQ/dalpha = -sum_k t_k d_k,
@@ -153,42 +186,30 @@ class _SoftQuantize(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z: Tensor, q: Tensor, alpha: Tensor, window: int, bits: int) -> Tensor:
         start = _window(z, q, window, bits)
-        d0 = start * q - z
-        weights = [(d0 + k * q).square_().mul_(-alpha) for k in range(window)]
-        top = weights[0].clone()
-        for e in weights[1:]:
-            torch.maximum(top, e, out=top)
-        total = torch.zeros_like(z)
-        index_sum = torch.zeros_like(z)
-        for k, e in enumerate(weights):
-            total.add_(e.sub_(top).exp_())
-            index_sum.add_(e, alpha=k)
-        out = index_sum.div_(total).add_(start).mul_(q)
-        for w in weights:
-            w.div_(total)
-        ctx.save_for_backward(z, q, alpha, start, out, *weights)
+        weights = _distances(z, q, start, window).square_().mul_(-alpha)
+        weights.sub_(weights.amax(dim=0)).clamp_(min=LOGIT_FLOOR).exp_()
+        weights.div_(weights.sum(dim=0))
+        slots = torch.arange(window, dtype=z.dtype, device=z.device)
+        out = (slots @ weights.reshape(window, -1)).reshape(z.shape).add_(start).mul_(q)
+        ctx.save_for_backward(z, q, alpha, start, out, weights)
         return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        z, q, alpha, start, out, *weights = ctx.saved_tensors
+        z, q, alpha, start, out, weights = ctx.saved_tensors
         needs = ctx.needs_input_grad
-        d0 = start * q - z
-        shift = out - z
-        s0, s1 = torch.zeros_like(z), torch.zeros_like(z)
-        d_alpha = torch.zeros_like(z) if needs[2] else None
-        for k, w in enumerate(weights):
-            dist = d0 + k * q
-            t = (dist - shift).mul_(w).mul_(dist)
-            s0.add_(t)
-            s1.add_(t, alpha=k)
-            if d_alpha is not None:
-                d_alpha.sub_(t.mul_(dist))
+        window = weights.shape[0]
+        dist = _distances(z, q, start, window)
+        t = (dist - (out - z)).mul_(weights).mul_(dist)
+        s0 = t.sum(dim=0)
         grad_z = grad * 2 * alpha * s0 if needs[0] else None
-        grad_q = None
+        grad_q = grad_alpha = None
         if needs[1]:
-            grad_q = (out / q - 2 * alpha * s1.addcmul_(start, s0)).mul_(grad).sum_to_size(q.shape)
-        grad_alpha = d_alpha.mul_(grad).sum_to_size(alpha.shape) if needs[2] else None
+            slots = torch.arange(window, dtype=z.dtype, device=z.device)
+            s1 = (slots @ t.reshape(window, -1)).reshape(z.shape).addcmul_(start, s0)
+            grad_q = (out / q - 2 * alpha * s1).mul_(grad).sum_to_size(q.shape)
+        if needs[2]:
+            grad_alpha = t.mul_(dist).sum(dim=0).mul_(grad).neg_().sum_to_size(alpha.shape)
         return grad_z, grad_q, grad_alpha, None, None
 
 
@@ -247,7 +268,7 @@ def validate_images(x: Tensor, channels: int) -> None:
 
 
 def _alpha_table(alpha: float | Sequence | Tensor, tables: int) -> Tensor:
-    """Scalar alpha -> 0-d tensor; an 8x8 or [T,8,8] table -> [T, 1, 64] to broadcast over blocks."""
+    """Scalar alpha -> 0-d tensor; an 8x8 or [T,8,8] table -> [T, 64] to broadcast over blocks."""
     a = torch.as_tensor(alpha, dtype=torch.float32)
     if a.dim() == 0:
         return a
@@ -255,7 +276,7 @@ def _alpha_table(alpha: float | Sequence | Tensor, tables: int) -> Tensor:
         a = a.expand(tables, 8, 8)
     if a.shape != (tables, 8, 8):
         raise ConfigError(f"alpha must be a scalar, an 8x8 table or {tables}x8x8 tables, got shape {tuple(a.shape)}")
-    return a.reshape(tables, 1, 64).clone()
+    return a.reshape(tables, 64).clone()
 
 
 class JpegLayer(nn.Module):
@@ -310,22 +331,22 @@ class JpegLayer(nn.Module):
         return self.tables.clamp(STEP_MIN, STEP_MAX)
 
     def encode(self, x: Tensor) -> Tensor:
-        """Images in [0, 1] -> level-shifted YCbCr DCT coefficients [N, C, blocks, 64]."""
-        x255 = x * 255
-        centred = (rgb_to_ycbcr(x255) if self.channels == 3 else x255) - 128
-        return block_dct(centred)
+        """Images in [0, 1] -> level-shifted YCbCr DCT coefficients [N, blocks, C, 64] (one fused matmul)."""
+        weight, bias, _, _ = _codec(self.channels, x.dtype, x.device)
+        rows = F.linear(_blocks(x), weight, bias)
+        return rows.reshape(rows.shape[0], rows.shape[1], self.channels, 64)
 
     def decode(self, coeffs: Tensor, h: int, w: int) -> Tensor:
-        """DCT coefficients -> images in [0, 1] scale (unclamped); inverse of encode."""
-        img = block_idct(coeffs, h, w) + 128
-        return (ycbcr_to_rgb(img) if self.channels == 3 else img) / 255
+        """DCT coefficients [N, blocks, C, 64] -> images in [0, 1] scale (unclamped); inverse of encode."""
+        _, _, weight, bias = _codec(self.channels, coeffs.dtype, coeffs.device)
+        return _unblocks(F.linear(coeffs.flatten(2), weight, bias), h, w)
 
     def channel_steps(self, dtype: torch.dtype) -> Tensor:
-        """Per-channel steps [C, 1, 64] broadcasting over [N, C, blocks, 64]."""
-        return self.steps().to(dtype).reshape(-1, 1, 64)[self.table_of_channel]
+        """Per-channel steps [C, 64] broadcasting over [N, blocks, C, 64]."""
+        return self.steps().to(dtype).reshape(-1, 64)[self.table_of_channel]
 
     def quantize(self, z: Tensor) -> Tensor:
-        """Apply the current mode's quantiser to coefficients [N, C, blocks, 64]."""
+        """Apply the current mode's quantiser to coefficients [N, blocks, C, 64]."""
         q = self.channel_steps(z.dtype)
         if self.mode == "hard":
             return hard_quantize(z, q, self.bits)
@@ -371,8 +392,8 @@ def _initial_tables(init: str, quality: int, constant: float | None) -> Tensor:
 
 
 def _per_table_mean(values: Tensor, layer: JpegLayer) -> Tensor:
-    """Average [N, C, blocks, 64] over images, blocks and the channels sharing a table -> [T, 8, 8]."""
-    per_channel = values.mean(dim=(0, 2))
+    """Average [N, blocks, C, 64] over images, blocks and the channels sharing a table -> [T, 8, 8]."""
+    per_channel = values.mean(dim=(0, 1))
     tables = torch.zeros(layer.tables.shape[0], 64, dtype=values.dtype, device=values.device)
     tables.index_add_(0, layer.table_of_channel, per_channel)
     counts = torch.bincount(layer.table_of_channel, minlength=tables.shape[0]).to(values.dtype)

@@ -21,8 +21,10 @@ from robustjpeg.jpeg import (
     init_sensitivity,
     jpeg_layers,
     jpeg_mode,
+    rgb_to_ycbcr,
     soft_quantize,
     standard_tables,
+    ycbcr_to_rgb,
 )
 
 SIZE = 256
@@ -211,10 +213,19 @@ def test_block_dct_is_orthonormal_and_inverts():
     torch.testing.assert_close(block_idct(z, 13, 21), x)
 
 
+def test_fused_encode_decode_equal_colour_conversion_then_block_dct(crops):
+    x = to_tensor(crops[0][:24, :40]).double()
+    layer = JpegLayer().double()
+    reference = block_dct(rgb_to_ycbcr(x * 255) - 128)
+    torch.testing.assert_close(layer.encode(x), reference)
+    torch.testing.assert_close(layer.decode(reference, 24, 40), ycbcr_to_rgb(block_idct(reference, 24, 40) + 128) / 255)
+    torch.testing.assert_close(ycbcr_to_rgb(rgb_to_ycbcr(x)), x)
+
+
 def test_block_dct_matches_scipy_dctn():
     fft = pytest.importorskip("scipy.fft")
     x = torch.rand(1, 1, 8, 16, dtype=torch.float64)
-    ours = block_dct(x)[0, 0, 1].view(8, 8).numpy()
+    ours = block_dct(x)[0, 1, 0].view(8, 8).numpy()
     np.testing.assert_allclose(ours, fft.dctn(x[0, 0, :, 8:].numpy(), norm="ortho"), atol=1e-12)
 
 
@@ -233,7 +244,7 @@ def test_abs_avg_init_sets_steps_from_coefficient_magnitudes(crops):
     x = torch.cat([to_tensor(c[:64, :64]) for c in crops])
     init_abs_avg(layer, x)
     z = layer.encode(x)
-    expected_luma = 2 * z[:, 0].abs().mean(dim=(0, 1)).view(8, 8) / 128**0.5
+    expected_luma = 2 * z[:, :, 0].abs().mean(dim=(0, 1)).view(8, 8) / 128**0.5
     torch.testing.assert_close(layer.steps()[0], expected_luma.clamp(1e-5, 255))
     assert layer.steps()[0, 0, 0] > layer.steps()[0, 7, 7], "DC should get a larger step than the top frequency"
 

@@ -100,7 +100,10 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5, help="timed repetitions at 32x32")
     parser.add_argument("--reps-224", type=int, default=3, help="timed repetitions at 224x224")
     parser.add_argument("--batch-224", type=int, default=32, help="batch at 224x224 (256 is slow on a few cores)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model, model_name = resnet20()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; layer: soft mode, q=50 tables; "

@@ -105,8 +105,9 @@ def dct_matrix(dtype: torch.dtype = torch.float32, device: torch.device | str | 
     return d.to(dtype=dtype, device=device)
 
 
+@lru_cache(maxsize=None)
 def _dct64(dtype: torch.dtype, device: torch.device) -> Tensor:
-    """2-D 8x8 DCT as one 64x64 matrix acting on row-major flattened blocks: kron(D, D)."""
+    """2-D 8x8 DCT as one 64x64 matrix acting on row-major flattened blocks: kron(D, D); cached, read-only."""
     d = dct_matrix(torch.float64, device)
     return torch.kron(d, d).to(dtype)
 
@@ -132,7 +133,7 @@ def block_dct(x: Tensor) -> Tensor:
     """NCHW -> DCT coefficients [N, blocks, C, 64] of zero-padded 8x8 blocks (row-major frequencies)."""
     n, c = x.shape[:2]
     rows = _blocks(x)
-    return (rows.reshape(n, rows.shape[1], c, 64) @ _dct64(x.dtype, x.device).T)
+    return rows.reshape(n, rows.shape[1], c, 64) @ _dct64(x.dtype, x.device).T
 
 
 def block_idct(coeffs: Tensor, h: int, w: int) -> Tensor:
@@ -142,21 +143,25 @@ def block_idct(coeffs: Tensor, h: int, w: int) -> Tensor:
 
 
 @lru_cache(maxsize=None)
-def _codec(channels: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Fused (weight, bias) pairs: [0, 1] pixels -> level-shifted YCbCr DCT coefficients, and back.
+def _colour_maps(channels: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Affine (matrix, bias) pairs: [0, 1] pixels -> level-shifted YCbCr in 0..255 units, and back.
 
-    Colour conversion, x255, the -128 level shift (a DC offset of -1024 on Y) and the DCT are all linear per
-    block, so each direction is one matrix product over rows of C * 64 values. Cached; treat as read-only.
+    x255, the JFIF matrix and the -128 level shift fold into one batched matrix product per direction (the chroma
+    offsets of +128 cancel against the shift). Cached per dtype and device; treat as read-only.
     """
-    k = _dct64(torch.float64, device)
     rgb = channels == 3
-    to_ycc = torch.tensor(RGB_TO_YCBCR if rgb else ((1.0,),), dtype=torch.float64, device=device)
-    to_rgb = torch.tensor(YCBCR_TO_RGB if rgb else ((1.0,),), dtype=torch.float64, device=device)
-    enc_bias = torch.zeros(channels * 64, dtype=torch.float64, device=device)
-    enc_bias[0] = -128 * 8
+    to_ycc = torch.tensor(RGB_TO_YCBCR if rgb else ((1.0,),), dtype=torch.float64) * 255
+    to_rgb = torch.tensor(YCBCR_TO_RGB if rgb else ((1.0,),), dtype=torch.float64) / 255
+    enc_bias = torch.zeros(channels, 1, dtype=torch.float64)
+    enc_bias[0] = -128
     dec_bias = torch.full_like(enc_bias, 128 / 255)
-    mats = (torch.kron(to_ycc * 255, k), enc_bias, torch.kron(to_rgb / 255, k.T.contiguous()), dec_bias)
-    return tuple(m.to(dtype) for m in mats)
+    return tuple(m.to(dtype=dtype, device=device) for m in (to_ycc, enc_bias, to_rgb, dec_bias))
+
+
+def _affine_channels(x: Tensor, matrix: Tensor, bias: Tensor) -> Tensor:
+    """matrix @ pixel + bias on the channel axis of NCHW, as one batched matrix product."""
+    n, c, h, w = x.shape
+    return torch.baddbmm(bias, matrix.expand(n, c, c), x.reshape(n, c, h * w)).view(n, c, h, w)
 
 
 def _index_limit(bits: int) -> float:
@@ -331,15 +336,14 @@ class JpegLayer(nn.Module):
         return self.tables.clamp(STEP_MIN, STEP_MAX)
 
     def encode(self, x: Tensor) -> Tensor:
-        """Images in [0, 1] -> level-shifted YCbCr DCT coefficients [N, blocks, C, 64] (one fused matmul)."""
-        weight, bias, _, _ = _codec(self.channels, x.dtype, x.device)
-        rows = F.linear(_blocks(x), weight, bias)
-        return rows.reshape(rows.shape[0], rows.shape[1], self.channels, 64)
+        """Images in [0, 1] -> level-shifted YCbCr DCT coefficients [N, blocks, C, 64]."""
+        matrix, bias, _, _ = _colour_maps(self.channels, x.dtype, x.device)
+        return block_dct(_affine_channels(x, matrix, bias))
 
     def decode(self, coeffs: Tensor, h: int, w: int) -> Tensor:
         """DCT coefficients [N, blocks, C, 64] -> images in [0, 1] scale (unclamped); inverse of encode."""
-        _, _, weight, bias = _codec(self.channels, coeffs.dtype, coeffs.device)
-        return _unblocks(F.linear(coeffs.flatten(2), weight, bias), h, w)
+        _, _, matrix, bias = _colour_maps(self.channels, coeffs.dtype, coeffs.device)
+        return _affine_channels(block_idct(coeffs, h, w), matrix, bias)
 
     def channel_steps(self, dtype: torch.dtype) -> Tensor:
         """Per-channel steps [C, 64] broadcasting over [N, blocks, C, 64]."""

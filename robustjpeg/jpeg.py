@@ -70,30 +70,26 @@ YCBCR_TO_RGB = (
 )
 
 
-@lru_cache(maxsize=None)
-def _constant(values: tuple, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """A small constant tensor, built once per dtype and device (treat as read-only)."""
-    return torch.tensor(values, dtype=dtype, device=device)
-
-
-def _color(x: Tensor, rows: tuple) -> Tensor:
-    """Apply a 3x3 colour matrix to the channel axis of an NCHW tensor as one batched matrix product."""
+def _affine_channels(x: Tensor, matrix: Tensor, bias: Tensor) -> Tensor:
+    """matrix @ pixel + bias ([C, 1]) on the channel axis of NCHW, as one batched matrix product."""
     n, c, h, w = x.shape
-    return (_constant(rows, x.dtype, x.device) @ x.reshape(n, c, h * w)).reshape(n, c, h, w)
+    return torch.baddbmm(bias, matrix.expand(n, c, c), x.reshape(n, c, h * w)).view(n, c, h, w)
 
 
 def _chroma_offset(like: Tensor) -> Tensor:
-    return _constant((0.0, 128.0, 128.0), like.dtype, like.device).view(1, 3, 1, 1)
+    return torch.tensor([[0.0], [128.0], [128.0]], dtype=like.dtype, device=like.device)
 
 
 def rgb_to_ycbcr(x255: Tensor) -> Tensor:
     """RGB in 0..255 -> JFIF YCbCr in 0..255 (chroma centred on 128), as a real JPEG encoder does."""
-    return _color(x255, RGB_TO_YCBCR) + _chroma_offset(x255)
+    matrix = torch.tensor(RGB_TO_YCBCR, dtype=x255.dtype, device=x255.device)
+    return _affine_channels(x255, matrix, _chroma_offset(x255))
 
 
 def ycbcr_to_rgb(y: Tensor) -> Tensor:
     """JFIF YCbCr in 0..255 -> RGB in 0..255 (unclamped); inverse of rgb_to_ycbcr."""
-    return _color(y - _chroma_offset(y), YCBCR_TO_RGB)
+    matrix = torch.tensor(YCBCR_TO_RGB, dtype=y.dtype, device=y.device)
+    return _affine_channels(y, matrix, -matrix @ _chroma_offset(y))
 
 
 def dct_matrix(dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Tensor:
@@ -113,17 +109,17 @@ def _dct64(dtype: torch.dtype, device: torch.device) -> Tensor:
 
 
 def _blocks(x: Tensor) -> Tensor:
-    """NCHW -> zero-padded 8x8 blocks as rows [N, blocks, C * 64] (channel-major, row-major pixels)."""
+    """NCHW -> zero-padded 8x8 blocks [N, blocks, C, 64] (row-major pixels within a block)."""
     n, c, h, w = x.shape
     if h % 8 or w % 8:
         x = F.pad(x, (0, -w % 8, 0, -h % 8))
     hb, wb = x.shape[2] // 8, x.shape[3] // 8
-    return x.reshape(n, c, hb, 8, wb, 8).permute(0, 2, 4, 1, 3, 5).reshape(n, hb * wb, c * 64)
+    return x.reshape(n, c, hb, 8, wb, 8).permute(0, 2, 4, 1, 3, 5).reshape(n, hb * wb, c, 64)
 
 
 def _unblocks(rows: Tensor, h: int, w: int) -> Tensor:
-    """Inverse of _blocks: rows [N, blocks, C * 64] -> NCHW image cropped back to h x w."""
-    n, c = rows.shape[0], rows.shape[2] // 64
+    """Inverse of _blocks: blocks [N, blocks, C, 64] -> NCHW image cropped back to h x w."""
+    n, c = rows.shape[0], rows.shape[2]
     hb, wb = -(-h // 8), -(-w // 8)
     img = rows.reshape(n, hb, wb, c, 8, 8).permute(0, 3, 1, 4, 2, 5).reshape(n, c, hb * 8, wb * 8)
     return img[:, :, :h, :w]
@@ -131,15 +127,12 @@ def _unblocks(rows: Tensor, h: int, w: int) -> Tensor:
 
 def block_dct(x: Tensor) -> Tensor:
     """NCHW -> DCT coefficients [N, blocks, C, 64] of zero-padded 8x8 blocks (row-major frequencies)."""
-    n, c = x.shape[:2]
-    rows = _blocks(x)
-    return rows.reshape(n, rows.shape[1], c, 64) @ _dct64(x.dtype, x.device).T
+    return _blocks(x) @ _dct64(x.dtype, x.device).T
 
 
 def block_idct(coeffs: Tensor, h: int, w: int) -> Tensor:
     """Inverse of block_dct: coefficients [N, blocks, C, 64] -> NCHW image cropped back to h x w."""
-    n, b = coeffs.shape[:2]
-    return _unblocks((coeffs @ _dct64(coeffs.dtype, coeffs.device)).reshape(n, b, -1), h, w)
+    return _unblocks(coeffs @ _dct64(coeffs.dtype, coeffs.device), h, w)
 
 
 @lru_cache(maxsize=None)
@@ -156,12 +149,6 @@ def _colour_maps(channels: int, dtype: torch.dtype, device: torch.device) -> tup
     enc_bias[0] = -128
     dec_bias = torch.full_like(enc_bias, 128 / 255)
     return tuple(m.to(dtype=dtype, device=device) for m in (to_ycc, enc_bias, to_rgb, dec_bias))
-
-
-def _affine_channels(x: Tensor, matrix: Tensor, bias: Tensor) -> Tensor:
-    """matrix @ pixel + bias on the channel axis of NCHW, as one batched matrix product."""
-    n, c, h, w = x.shape
-    return torch.baddbmm(bias, matrix.expand(n, c, c), x.reshape(n, c, h * w)).view(n, c, h, w)
 
 
 def _index_limit(bits: int) -> float:

@@ -99,7 +99,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=5, help="timed repetitions at 32x32")
     parser.add_argument("--reps-224", type=int, default=3, help="timed repetitions at 224x224")
-    parser.add_argument("--batch-224", type=int, default=32, help="batch at 224x224 (256 is slow on a few cores)")
+    parser.add_argument("--batch-224", type=int, default=32, help="batch at 224x224 (256 takes minutes on 2 cores)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     args = parser.parse_args()
     if args.threads:
@@ -120,7 +120,8 @@ def main() -> None:
 
     x224 = torch.rand(args.batch_224, 3, 224, 224)
     t224 = interleaved_best({"layer": layer_step(x224), "kornia": kornia_step(x224)}, args.reps_224)
-    print(f"224x224, batch {args.batch_224} (not 256: too slow for a few CPU cores), best of {args.reps_224}: "
+    note = "" if args.batch_224 == 256 else " (not 256: minutes per rep on a few CPU cores)"
+    print(f"224x224, batch {args.batch_224}{note}, best of {args.reps_224}: "
           f"layer {t224['layer'] * 1e3:.1f} ms ({t224['layer'] / args.batch_224 * 1e3:.2f} ms/image), "
           f"kornia {t224['kornia'] * 1e3:.1f} ms ({t224['kornia'] / args.batch_224 * 1e3:.2f} ms/image)")
     print(f"  layer / kornia         = {t224['layer'] / t224['kornia']:.3f} (goal < 1)")

@@ -241,10 +241,8 @@ def validate_images(x: Tensor, channels: int) -> None:
         shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
         raise BadInput(f"JPEG layer expects a 4-D NCHW tensor, got {shape}; add a batch axis with x.unsqueeze(0)")
     if x.shape[1] != channels:
-        raise BadInput(
-            f"JPEG layer built for {channels} channel(s) got {x.shape[1]}; build JpegLayer(channels={x.shape[1]}) "
-            "(1 or 3 are supported)"
-        )
+        fix = f"build JpegLayer(channels={x.shape[1]})" if x.shape[1] in (1, 3) else "convert to RGB or grayscale"
+        raise BadInput(f"JPEG layer built for {channels} channel(s) got {x.shape[1]}; {fix}")
     if not x.is_floating_point():
         raise BadInput(f"JPEG layer expects float images in [0, 1], got {x.dtype}; use x.float() / 255")
     if x.numel() == 0:
@@ -303,7 +301,9 @@ class JpegLayer(nn.Module):
         self.hardness, self.init, self.quality, self.constant = hardness, init, quality, constant
         n_tables = 1 if channels == 1 else 2
         self.tables = nn.Parameter(_initial_tables(init, quality, constant)[:n_tables], requires_grad=trainable)
-        self._alpha_config = alpha.tolist() if isinstance(alpha, Tensor) else alpha
+        if hardness is not None and not float(hardness) > 0:
+            raise ConfigError(f"hardness must be positive (the paper uses 0.7-0.8), got {hardness!r}")
+        self._alpha_config = torch.as_tensor(alpha, dtype=torch.float64).tolist()
         self.register_buffer("alpha", _alpha_table(alpha, n_tables))
         self.register_buffer("table_of_channel", torch.tensor([0, 1, 1][:channels]), persistent=False)
         self.mode = mode

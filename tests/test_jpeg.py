@@ -131,7 +131,16 @@ def test_soft_mode_gradcheck_input_and_steps_float64():
         return functional_call(layer, {"tables": tables}, (x,))
 
     tables = (layer.tables.detach() + torch.rand(2, 8, 8, dtype=torch.float64)).requires_grad_()
-    assert torch.autograd.gradcheck(run, (x, tables), eps=1e-6, atol=1e-5)
+    # fast mode (random projections of the Jacobian) keeps this quick on a busy CPU; the full Jacobian of the
+    # quantiser itself is checked below
+    assert torch.autograd.gradcheck(run, (x, tables), eps=1e-6, atol=1e-5, fast_mode=True)
+
+
+def test_soft_quantize_full_gradcheck_float64():
+    z = (torch.randn(2, 64, dtype=torch.float64) * 20).requires_grad_()
+    q = (torch.rand(64, dtype=torch.float64) * 4 + 0.5).requires_grad_()
+    alpha = (torch.rand(64, dtype=torch.float64) + 0.2).requires_grad_()
+    assert torch.autograd.gradcheck(soft_quantize, (z, q, alpha), eps=1e-6, atol=1e-5)
 
 
 def test_hardness_mode_gradcheck_steps_float64():
@@ -265,13 +274,14 @@ def test_sensitivity_init_scales_largest_luma_step_to_q_max(crops):
 @pytest.mark.parametrize(
     "x, fix",
     [
-        (torch.rand(1, 4, 8, 8), "channels="),
+        (torch.rand(1, 4, 8, 8), "convert to RGB or grayscale"),
+        (torch.rand(1, 1, 8, 8), "JpegLayer(channels=1)"),
         (torch.randint(0, 255, (1, 3, 8, 8)), "x.float()"),
         (torch.full((1, 3, 8, 8), float("nan")), "NaN"),
         (torch.rand(1, 3, 8, 8) * 255, "divide uint8 images by 255"),
         (torch.rand(3, 8, 8), "unsqueeze"),
     ],
-    ids=["wrong-channels", "integer", "nan", "0-255-range", "no-batch-axis"],
+    ids=["four-channels", "gray-into-rgb-layer", "integer", "nan", "0-255-range", "no-batch-axis"],
 )
 def test_bad_input_raises_a_message_naming_the_fix(x, fix):
     with pytest.raises(BadInput, match=re.escape(fix)):
@@ -293,3 +303,5 @@ def test_bad_configuration_is_rejected():
         JpegLayer(quality=0)
     with pytest.raises(ConfigError, match="alpha"):
         JpegLayer(alpha=torch.ones(4, 4))
+    with pytest.raises(ConfigError, match="hardness"):
+        JpegLayer(hardness=0.0)

@@ -33,7 +33,7 @@ CODEC_BITS = 12  # a baseline JPEG's full index range; the paper's 8 bits satura
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
+    return float("inf") if mse == 0 else float(10 * np.log10(255**2 / mse))
 
 
 def to_tensor(img: np.ndarray) -> torch.Tensor:
@@ -104,7 +104,7 @@ def test_exported_tables_are_integers_1_to_255_in_luma_chroma_order():
     assert luma == [1] * 64 and chroma == [255] * 64
 
 
-def test_paper_8bit_indices_clip_dark_blocks_at_high_quality(crops):
+def test_paper_8bit_indices_clip_dark_blocks_at_high_quality():
     dark = np.full((16, 16, 3), 10, dtype=np.uint8)
     hard8 = to_uint8(JpegLayer(quality=90, mode="hard", bits=8)(to_tensor(dark)))
     hard12 = to_uint8(JpegLayer(quality=90, mode="hard", bits=CODEC_BITS)(to_tensor(dark)))
@@ -171,7 +171,7 @@ def test_soft_output_converges_to_hard_as_alpha_grows(crops):
     assert errors[-1] < 1e-4, f"soft output still {errors[-1]:.2e} from hard at alpha q^2 = 1000"
 
 
-def test_ste_forward_equals_hard_and_input_gradient_is_identitys(crops):
+def test_ste_forward_equals_hard_and_input_gradient_is_identity(crops):
     x = to_tensor(crops[0][:40, :48]).requires_grad_()
     layer = JpegLayer(quality=50, mode="ste")
     out = layer(x)

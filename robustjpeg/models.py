@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from robustjpeg.errors import ConfigError
+from robustjpeg.jpeg import JpegLayer
 from robustjpeg.registry import Registry
 
 MODELS: Registry[nn.Module] = Registry("model")
@@ -172,7 +173,7 @@ class Normalize(nn.Module):
 class JpegModel(nn.Module):
     """backbone(normalize(jpeg(x))) for x in [0, 1]; the JPEG layer always runs in float32 (no autocast)."""
 
-    def __init__(self, jpeg: nn.Module | None, backbone: nn.Module, mean, std) -> None:
+    def __init__(self, jpeg: JpegLayer | nn.Module | None, backbone: nn.Module, mean, std) -> None:
         super().__init__()
         self.jpeg = jpeg
         self.normalize = Normalize(mean, std)
@@ -236,8 +237,6 @@ def build_model(spec: ModelSpec) -> JpegModel:
     backbone = create_model(spec.arch, num_classes=spec.num_classes, in_channels=spec.in_channels)
     jpeg = None
     if spec.jpeg is not None:
-        from robustjpeg.jpeg import JpegLayer
-
         jpeg = JpegLayer(**spec.jpeg)
     return JpegModel(jpeg, backbone, spec.mean, spec.std)
 

@@ -18,11 +18,12 @@ from robustjpeg.data import Dataset, TensorSplit, augment, load_dataset, stratif
 from robustjpeg.errors import CheckpointError, ConfigError, RunFolderError
 from robustjpeg.io import (atomic_torch_save, atomic_write_json, atomic_write_text, device_description,
                            library_versions, resolve_device)
+from robustjpeg.jpeg import INITS as JPEG_INITS
+from robustjpeg.jpeg import JpegLayer, init_abs_avg, init_sensitivity
 from robustjpeg.models import VARIANTS, JpegModel, ModelSpec, build_model, strip_prefix
 from robustjpeg.stats import accuracy_record
 
 SCHEMA = "robustjpeg.checkpoint/1"
-JPEG_INITS = ("standard", "constant", "abs_avg", "sensitivity")
 DEFAULT_ARCH = {"mnist": "smallcnn", "cifar": "resnet20", "fine": "tv_resnet18"}
 # Backbone recipes per data family (DESIGN.md §3); milestones are fractions of the epoch count.
 RECIPES = {
@@ -132,8 +133,6 @@ def make_spec(cfg: TrainConfig, ds: Dataset) -> ModelSpec:
     """The model spec for this config and dataset (JPEG layer config from JpegLayer.config())."""
     jpeg = None
     if cfg.variant != "baseline":
-        from robustjpeg.jpeg import JpegLayer
-
         trainable = cfg.variant == "jpeg"
         init = cfg.jpeg_init if trainable else "standard"
         layer = JpegLayer(channels=ds.in_channels, alpha=5.0 if cfg.jpeg_alpha is None else cfg.jpeg_alpha,
@@ -147,16 +146,14 @@ def init_tables(model: JpegModel, cfg: TrainConfig, ds: Dataset, device: torch.d
     """Data-driven table starts: abs_avg from training images, sensitivity from a trained baseline."""
     if cfg.variant != "jpeg" or cfg.jpeg_init not in ("abs_avg", "sensitivity"):
         return
-    from robustjpeg import jpeg as jp
-
     x, y = _sample_batch(ds, min(1024, len(ds.train)), cfg.seed)
     if cfg.jpeg_init == "abs_avg":
-        jp.init_abs_avg(model.jpeg, x.to(device))
+        init_abs_avg(model.jpeg, x.to(device))
         return
     baseline, spec, _ = load_trained(cfg.init_from, device)
     if spec.jpeg is not None:
         raise ConfigError(f"--init-from {cfg.init_from} is a {spec.variant} model; sensitivity needs a baseline")
-    jp.init_sensitivity(model.jpeg, baseline, x.to(device), y.to(device))
+    init_sensitivity(model.jpeg, baseline, x.to(device), y.to(device))
 
 
 def _sample_batch(ds: Dataset, n: int, seed: int) -> tuple[Tensor, Tensor]:

@@ -86,7 +86,6 @@ def mnist_baseline_run(tmp_path_factory) -> dict:
 @pytest.fixture(scope="session")
 def mnist_jpeg_run(tmp_path_factory) -> dict:
     """Summary of a JPEG-DL smallcnn trained on mnist5k with the same recipe as mnist_baseline_run."""
-    pytest.importorskip("robustjpeg.jpeg", reason="the JPEG layer module is not in this checkout")
     return _train_mnist(tmp_path_factory, "jpeg")
 
 

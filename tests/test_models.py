@@ -10,6 +10,7 @@ from torch import nn
 
 from robustjpeg import data, models
 from robustjpeg.errors import UnknownName
+from robustjpeg.jpeg import JpegLayer
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -92,8 +93,7 @@ def test_model_spec_survives_json_and_rebuilds_the_same_architecture():
 
 
 def test_jpeg_spec_rebuilds_a_layer_with_the_same_config():
-    jpeg = pytest.importorskip("robustjpeg.jpeg", reason="the JPEG layer module is not in this checkout")
-    layer = jpeg.JpegLayer(channels=1, quality=75, trainable=False)
+    layer = JpegLayer(channels=1, quality=75, trainable=False)
     spec = models.ModelSpec("smallcnn", 10, 1, (0.1307,), (0.3081,), 28, {**layer.config(), "trainable": False})
     model = models.build_model(spec)
     assert spec.variant == "jpeg-fixed" and model.jpeg.config() == layer.config()

@@ -16,6 +16,7 @@ import torch
 from robustjpeg import cli
 from robustjpeg.data import load_dataset
 from robustjpeg.errors import CheckpointError, ConfigError, RunFolderError
+from robustjpeg.jpeg import standard_tables
 from robustjpeg.train import (TrainConfig, backbone_lr, evaluate, init_tables, load_trained, make_optimisers, make_spec,
                               train)
 from robustjpeg.models import build_model
@@ -31,8 +32,6 @@ def test_baseline_smallcnn_reaches_95_percent_on_mnist5k(mnist_baseline_run):
 
 
 def test_jpeg_dl_reaches_95_percent_and_its_tables_move(mnist_jpeg_run):
-    from robustjpeg.jpeg import standard_tables
-
     assert mnist_jpeg_run["test"]["accuracy"] >= 0.95, f"JPEG-DL reached only {mnist_jpeg_run['test']['accuracy']:.3f}"
     model, spec, _ = load_trained(mnist_jpeg_run["checkpoint"])
     start = standard_tables(spec.jpeg["quality"])[:1]
@@ -69,7 +68,6 @@ def test_metrics_log_has_one_json_line_per_epoch(mnist_baseline_run):
 
 
 def test_jpeg_tables_get_their_own_adam_without_weight_decay():
-    pytest.importorskip("robustjpeg.jpeg", reason="the JPEG layer module is not in this checkout")
     ds = load_dataset("mnist5k")
     cfg = TrainConfig(variant="jpeg", device="cpu").resolved(ds.family)
     model = build_model(make_spec(cfg, ds))
@@ -82,9 +80,6 @@ def test_jpeg_tables_get_their_own_adam_without_weight_decay():
 
 
 def test_jpeg_fixed_tables_stay_at_the_standard_quality():
-    pytest.importorskip("robustjpeg.jpeg", reason="the JPEG layer module is not in this checkout")
-    from robustjpeg.jpeg import standard_tables
-
     ds = load_dataset("mnist5k")
     cfg = TrainConfig(variant="jpeg-fixed", jpeg_quality=75, device="cpu").resolved(ds.family)
     model = build_model(make_spec(cfg, ds))
@@ -94,9 +89,6 @@ def test_jpeg_fixed_tables_stay_at_the_standard_quality():
 
 @pytest.mark.parametrize("init", ["abs_avg", "sensitivity"])
 def test_data_driven_table_inits_replace_the_standard_start(init, mnist_baseline_run):
-    pytest.importorskip("robustjpeg.jpeg", reason="the JPEG layer module is not in this checkout")
-    from robustjpeg.jpeg import standard_tables
-
     ds = load_dataset("mnist5k")
     init_from = mnist_baseline_run["checkpoint"] if init == "sensitivity" else None
     cfg = TrainConfig(variant="jpeg", jpeg_init=init, init_from=init_from, device="cpu").resolved(ds.family)

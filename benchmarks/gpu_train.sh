@@ -38,8 +38,9 @@ run_pair() {  # $1: label, then extra flags
 SECONDS=0
 run_pair eager
 echo "eager pair done after ${SECONDS}s"
+python benchmarks/train_summary.py "$OUT"
 if [ "$COMPILE" = "1" ]; then
   run_pair compiled --compile || echo "gpu_train: the --compile pair failed; eager figures above stand" >&2
   echo "compiled pair done after ${SECONDS}s"
+  python benchmarks/train_summary.py "$OUT"
 fi
-python benchmarks/train_summary.py "$OUT"

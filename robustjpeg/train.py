@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sys
@@ -221,9 +222,14 @@ class Batches:
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
         loader = torch.utils.data.DataLoader(
             subset, batch_size=self.batch_size, shuffle=False, num_workers=self.workers,
-            pin_memory=self.device.type == "cuda", worker_init_fn=lambda w: torch.manual_seed(seed + w))
+            pin_memory=self.device.type == "cuda", worker_init_fn=functools.partial(_seed_worker, seed))
         for x, y in loader:
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+
+def _seed_worker(seed: int, worker: int) -> None:
+    """Seed a data-loader worker from the run's data generator, so file-based augmentation repeats."""
+    torch.manual_seed(seed + worker)
 
 
 # --- one epoch, evaluation -----------------------------------------------------------------------
@@ -268,23 +274,24 @@ def train_epoch(net: nn.Module, opts: list, batches: Batches, gen: torch.Generat
 
 
 @torch.no_grad()
-def evaluate(net: nn.Module, split, device: torch.device, batch_size: int = 500) -> tuple[int, int]:
+def evaluate(net: nn.Module, split, device: torch.device, batch_size: int = 500, workers: int = 4) -> tuple[int, int]:
     """(correct, n) on a whole split, in eval mode."""
     net.eval()
     correct = torch.zeros((), dtype=torch.int64, device=device)
-    for x, y in _eval_batches(split, batch_size, device):
+    for x, y in _eval_batches(split, batch_size, device, workers):
         with _autocast(device):
             correct += (net(_to_input(x, device)).argmax(1) == y).sum()
     return int(correct), len(split)
 
 
-def _eval_batches(split, batch_size: int, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
+def _eval_batches(split, batch_size: int, device: torch.device, workers: int) -> Iterator[tuple[Tensor, Tensor]]:
     if isinstance(split, TensorSplit):
         for start in range(0, len(split), batch_size):
             x = split.x[start:start + batch_size].to(device, non_blocking=True)
             yield x.float().div_(255.0), split.y[start:start + batch_size].to(device)
         return
-    loader = torch.utils.data.DataLoader(split, batch_size=batch_size, num_workers=4, pin_memory=device.type == "cuda")
+    loader = torch.utils.data.DataLoader(split, batch_size=batch_size, num_workers=workers,
+                                         pin_memory=device.type == "cuda")
     for x, y in loader:
         yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
@@ -409,7 +416,7 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False) -> dict[str, Any]:
         stats = train_epoch(net, opts, batches, gen, device, bar)
         if bar is not None:
             bar.close()
-        correct, n = evaluate(net, ds.test, device)
+        correct, n = evaluate(net, ds.test, device, workers=cfg.workers)
         history.append({"epoch": epoch + 1, "lr": backbone_lr(cfg, epoch), **stats, "test_correct": correct,
                         "test_n": n, "test_acc": correct / n, **_table_summary(model)})
         save_checkpoint(ckpt_path, model, spec, cfg, epoch + 1, opts, gen, history)

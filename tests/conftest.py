@@ -46,10 +46,8 @@ def resnet20_checkpoint() -> Path:
 
 
 # --- training fixtures (data, models, train) -----------------------------------------------------
-# One short mnist5k run per variant and session, shared by every test that needs a trained model.
-# Training runs on one thread: on a shared 2-core machine two threads are many times slower.
-
-MNIST_EPOCHS = 4
+# One mnist5k run per variant and session with the default recipe (4 epochs), shared by every test that needs a
+# trained model. Training runs on one thread: on a shared 2-core machine two threads are many times slower.
 
 
 @contextlib.contextmanager
@@ -72,7 +70,7 @@ def single_thread():
 def _train_mnist(tmp_path_factory, variant: str) -> dict:
     from robustjpeg.train import TrainConfig, train
 
-    cfg = TrainConfig(dataset="mnist5k", variant=variant, epochs=MNIST_EPOCHS, device="cpu", progress=False)
+    cfg = TrainConfig(dataset="mnist5k", variant=variant, device="cpu", progress=False)
     with one_thread():
         return train(cfg, tmp_path_factory.mktemp(f"mnist-{variant}"))
 

@@ -57,10 +57,11 @@ import torch
 from torch import nn
 
 from robustjpeg.errors import CheckpointError, ConfigError, UnknownName
+from robustjpeg.models import MODELS, Normalize, create_model
+from robustjpeg.train import SCHEMA, load_trained
 
 WRAPPER_KEYS = ("state_dict", "model", "net", "model_state_dict")
 PREFIXES = ("module.", "model.")
-OUR_SCHEMA = "robustjpeg.checkpoint/1"
 SPEC_KEYS = {"name": str, "checkpoint": str, "arch": str, "num_classes": int, "mean": list, "std": list,
              "input_size": (int, list), "threat_model": str, "model_dir": str}
 ZOO_DATASETS = ("cifar10", "cifar100", "imagenet")
@@ -192,7 +193,7 @@ def _load_file(path: Path, arch, num_classes, mean, std, trust) -> tuple[nn.Modu
             warnings.simplefilter("ignore", FutureWarning)
             return torch.jit.load(str(path), map_location="cpu"), {**info, "arch": "torchscript"}
     obj = _read_safetensors(path) if kind == "safetensors" else _torch_load(path, trust)
-    if isinstance(obj, dict) and obj.get("schema") == OUR_SCHEMA:
+    if isinstance(obj, dict) and obj.get("schema") == SCHEMA:
         return _load_ours(path, obj, arch, mean, std, info)
     if isinstance(obj, nn.Module):
         info.update(format="pickled-module", arch=arch or type(obj).__name__)
@@ -267,8 +268,6 @@ def _torch_load(path: Path, trust: bool) -> Any:
 
 
 def _load_ours(path: Path, ckpt: dict, arch, mean, std, info: dict) -> tuple[nn.Module, dict]:
-    from robustjpeg.train import load_trained
-
     model, spec, _ = load_trained(path, device="cpu")
     if arch and arch != spec.arch:
         raise ConfigError(f"{path} is a robustjpeg checkpoint of a {spec.arch}; drop --arch {arch}")
@@ -319,10 +318,8 @@ def _fit_architecture(arch: str | None, num_classes: int | None, state: dict, pa
 def build_architecture(arch: str, num_classes: int, in_channels: int = 3) -> nn.Module:
     """An untrained backbone by name: our registry first, then torchvision, then timm."""
     library, _, model_name = arch.rpartition(":")
-    if not library:
-        ours = _our_models()
-        if ours is not None and model_name in ours.MODELS:
-            return ours.create_model(model_name, num_classes=num_classes, in_channels=in_channels)
+    if not library and model_name in MODELS:
+        return create_model(model_name, num_classes=num_classes, in_channels=in_channels)
     if library in ("", "torchvision"):
         import torchvision
 
@@ -333,9 +330,7 @@ def build_architecture(arch: str, num_classes: int, in_channels: int = 3) -> nn.
 
         if timm.is_model(model_name):
             return timm.create_model(model_name, pretrained=False, num_classes=num_classes, in_chans=in_channels)
-    ours = _our_models()
-    known = ", ".join(ours.MODELS.names()) if ours is not None else "(none)"
-    raise UnknownName(f"unknown architecture {arch!r}; ours: {known}; or torchvision:NAME / timm:NAME")
+    raise UnknownName(f"unknown architecture {arch!r}; ours: {', '.join(MODELS.names())}; or torchvision:NAME / timm:NAME")
 
 
 def strip_prefixes(state: dict, expected: dict) -> dict:
@@ -389,18 +384,9 @@ def _dim_of(state: dict, key: str | None, dim: int) -> int | None:
     return int(tensor.shape[dim]) if tensor is not None and tensor.ndim > dim else None
 
 
-def _our_models():
-    try:
-        return importlib.import_module("robustjpeg.models")
-    except ModuleNotFoundError:
-        return None
-
-
 def _normalised(model: nn.Module, mean, std) -> nn.Module:
     if mean is None:
         return model
-    from robustjpeg.models import Normalize
-
     return nn.Sequential(Normalize(mean, std), model)
 
 

@@ -17,6 +17,7 @@ from PIL import Image
 
 from robustjpeg.cli import main
 from robustjpeg.errors import CheckpointError, ConfigError, UnknownName
+from robustjpeg.models import ModelSpec, build_model
 from robustjpeg.loading import check_class_count, fit_input_size, import_robustbench, load_model, read_model_spec
 
 ARCH = "torchvision:mobilenet_v3_small"
@@ -86,7 +87,6 @@ def test_torchscript_archive_loads_without_arch(tmp_path, photo_batch):
 
 
 def test_mean_std_put_normalisation_inside_the_model(wrapped_file, net, photo_batch):
-    pytest.importorskip("robustjpeg.models", reason="Normalize lives in robustjpeg.models")
     model, info = load_model(wrapped_file, arch=ARCH, mean=CIFAR_MEAN, std=CIFAR_STD)
     normalised = (photo_batch - torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1)) / torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
     with torch.no_grad():
@@ -95,9 +95,6 @@ def test_mean_std_put_normalisation_inside_the_model(wrapped_file, net, photo_ba
 
 
 def test_our_training_checkpoint_brings_its_own_architecture(tmp_path):
-    pytest.importorskip("robustjpeg.train", reason="our checkpoints are read by robustjpeg.train")
-    from robustjpeg.models import ModelSpec, build_model
-
     spec = ModelSpec(arch="smallcnn", num_classes=10, in_channels=1, mean=(0.13,), std=(0.31,), input_size=28)
     net = build_model(spec).eval()
     path = tmp_path / "checkpoint.pt"
@@ -142,7 +139,6 @@ def test_model_spec_with_wrong_type_names_the_key(tmp_path):
 
 
 def test_resnet20_third_party_checkpoint_loads_and_classifies_cifar_jpegs(resnet20_checkpoint, cifar_jpeg_test_tar):
-    pytest.importorskip("robustjpeg.models", reason="resnet20 lives in robustjpeg.models")
     model, info = load_model(resnet20_checkpoint, arch="resnet20", mean=CIFAR_MEAN, std=CIFAR_STD)
     assert info["num_classes"] == 10 and info["in_channels"] == 3
     x, y = cifar_jpegs(cifar_jpeg_test_tar, per_class=20)

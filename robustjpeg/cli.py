@@ -195,24 +195,23 @@ def _run_eval(args: argparse.Namespace) -> int:
 
 def _sweep_and_report(args: argparse.Namespace, model, info: dict, device) -> int:
     """Evaluate a loaded model on the data subset with the suite, then write its report (eval's second half)."""
-    from dataclasses import replace
-
+    from robustjpeg.attacks import load_suite
     from robustjpeg.data import eval_tensors, load_dataset
     from robustjpeg.loading import check_class_count, fit_input_size
     from robustjpeg.report import write_report
-    from robustjpeg.sweep import load_suite, run_sweep
+    from robustjpeg.sweep import run_sweep
 
-    data = load_dataset(args.dataset, root=args.data_root, download=args.download)
-    x, y, _ = eval_tensors(data, args.num_examples, args.seed)
+    suite = load_suite(args.suite or "quick").with_eps(args.eps)
+    data = load_dataset(args.dataset, args.data_root, args.download)
+    x, y, indices = eval_tensors(data, args.num_examples, args.seed)
     model = fit_input_size(model, info, x[:1].to(device))
-    check_class_count(model, x[:2].to(device), len(data.classes), data.name)
-    suite = load_suite(args.suite or "quick")
-    suite = replace(suite, eps=args.eps) if args.eps else suite
+    check_class_count(model, x[:2].to(device), len(data.classes), args.dataset)
     run_dir = args.out / "runs" / info["name"]
-    run_sweep(model, x, y, suite, run_dir, seed=args.seed, device=device, model_info={**info, "dataset": data.name})
+    results = run_sweep(model, x, y, suite, run_dir, seed=args.seed, device=device, model_info=info,
+                        indices=indices, dataset=args.dataset)
     report = write_report([run_dir], args.out)
-    print(f"report: {report}")
-    return EXIT_OK
+    print(f"{report}: clean {results['clean']['accuracy']:.4f}; checks failed: {results['checks_failed']}")
+    return EXIT_CHECK_FAILED if results["checks_failed"] else EXIT_OK
 
 
 # --- report --------------------------------------------------------------------------------------

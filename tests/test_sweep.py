@@ -1,0 +1,171 @@
+"""The sweep engine gives the naive torchattacks loop's per-sample results for fewer passes, resumes exactly, and
+writes the run folder of the contract."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from robustjpeg.attacks import PGD, load_suite
+from robustjpeg.errors import BadInput, RunFolderError
+from robustjpeg.results import read_run
+from robustjpeg.sweep import reference_sweep, run_sweep
+from sweep_models import eval_set, one_thread, trained_cnn, write_suite
+
+one_thread = pytest.fixture(autouse=True)(one_thread)
+
+DETERMINISTIC = """
+eps = ["0", "2/255", "8/255", "16/255", "32/255", "64/255"]
+l2_eps = [0.0, 0.5, 1.0, 2.0]
+
+[[attacks]]
+name = "fgsm"
+kind = "fgsm"
+
+[[attacks]]
+name = "pgd"
+kind = "pgd"
+steps = 5
+random_start = false
+
+[[attacks]]
+name = "cw"
+kind = "cw"
+c = 5.0
+steps = 20
+lr = 0.05
+"""
+
+
+@pytest.fixture(scope="module")
+def deterministic_runs(tmp_path_factory):
+    torch.set_num_threads(1)
+    """One engine run and one naive loop over the same model, digits and deterministic suite."""
+    folder = tmp_path_factory.mktemp("det")
+    suite = load_suite(write_suite(folder, DETERMINISTIC))
+    model, (x, y) = trained_cnn(), eval_set(80)
+    with torch.no_grad():  # the engine turns gradients back on where attacks need them
+        results = run_sweep(model, x, y, suite, folder / "run", batch_size=32, progress=False)
+    naive, naive_passes = reference_sweep(model, x, y, suite, batch_size=32)
+    return read_run(folder / "run"), results, naive, naive_passes
+
+
+def test_sweep_matches_naive_torchattacks_loop_sample_by_sample(deterministic_runs):
+    run, _, naive, _ = deterministic_runs
+    assert list(run.samples["cell_keys"]) == list(naive)
+    for key, robust in naive.items():
+        assert np.array_equal(run.cell(key), robust), f"{key}: engine and naive loop disagree on some samples"
+
+
+def test_sweep_spends_fewer_passes_than_naive_loop(deterministic_runs):
+    run, _, _, naive_passes = deterministic_runs
+    cells = sum(run.run["passes"].values())
+    assert cells < 0.6 * sum(naive_passes.values()), (run.run["passes"], naive_passes)
+
+
+def test_budget_zero_equals_clean_accuracy(deterministic_runs):
+    _, results, _, _ = deterministic_runs
+    zero = [c for c in results["cells"] if c["eps"] == 0]
+    assert len(zero) == 3
+    assert all(c["robust"] == results["clean"]["correct"] for c in zero)
+    assert results["checks"][0]["status"] == "PASS"
+
+
+def test_every_adversarial_example_is_in_budget_and_range(deterministic_runs):
+    run, _, _, _ = deterministic_runs
+    metas = [json.loads(str(np.load(p)["meta"])) for p in sorted((run.folder / "cells").glob("*.npz"))]
+    attacked = [m["stats"] for m in metas if m["stats"]]
+    assert attacked, "no cell crafted an adversarial example"
+    for stats in attacked:
+        assert stats.get("max_excess", 0.0) <= 1e-6 and stats["min"] >= 0 and stats["max"] <= 1 and stats["nan"] == 0
+
+
+def test_run_folder_follows_the_contract(deterministic_runs):
+    run, results, _, _ = deterministic_runs
+    assert run.run["status"] == "complete" and run.run["passes"]["backward"] > 0 and run.run["wall_time_s"] > 0
+    assert results["clean"]["accuracy"] == pytest.approx(run.samples["clean_correct"].mean())
+    cell = results["cells"][0]
+    assert {"attack", "kind", "norm", "eps", "n", "robust", "accuracy", "ci95"} <= set(cell)
+    assert [c["id"] for c in results["checks"]] == list(range(1, 17))
+    assert run.samples["robust"].shape == (len(run.samples["cell_keys"]), 80)
+    cw = run.samples["cw_l2"]
+    assert np.isinf(cw[run.samples["clean_correct"]]).sum() < run.samples["clean_correct"].sum(), "CW broke nothing"
+    worst = run.samples["worst"][list(run.samples["worst_keys"]).index("Linf|0.1254902")]
+    assert np.array_equal(worst, run.cell("fgsm|Linf|0.1254902") & run.cell("pgd|Linf|0.1254902"))
+
+
+class Killed(Exception):
+    pass
+
+
+def test_kill_and_resume_give_identical_results(tmp_path, monkeypatch):
+    suite = load_suite(write_suite(tmp_path, 'eps = ["0", "4/255", "16/255", "48/255"]\n[[attacks]]\nname = "pgd"\nkind = "pgd"\nsteps = 4\nrestarts = 2\n'))
+    model, (x, y) = trained_cnn(), eval_set(40)
+    whole = run_sweep(model, x, y, suite, tmp_path / "whole", seed=3, progress=False)
+    calls, original = [], PGD.perturb
+
+    def dies_on_third_call(self, *args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise Killed
+        return original(self, *args)
+
+    monkeypatch.setattr(PGD, "perturb", dies_on_third_call)
+    with pytest.raises(Killed):
+        run_sweep(model, x, y, suite, tmp_path / "cut", seed=3, progress=False)
+    finished = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cut" / "cells").glob("*.npz")}
+    assert finished and json.loads((tmp_path / "cut" / "run.json").read_text())["status"] == "running"
+    monkeypatch.setattr(PGD, "perturb", original)
+    resumed = run_sweep(model, x, y, suite, tmp_path / "cut", seed=3, resume=True, progress=False)
+    assert {p: (tmp_path / "cut" / "cells" / p).stat().st_mtime_ns for p in finished} == finished, "finished cells redone"
+    assert [c["robust"] for c in resumed["cells"]] == [c["robust"] for c in whole["cells"]]
+    assert np.array_equal(read_run(tmp_path / "cut").samples["robust"], read_run(tmp_path / "whole").samples["robust"])
+
+
+def test_existing_run_folder_needs_resume_and_the_same_sweep(tmp_path):
+    suite = load_suite(write_suite(tmp_path, 'eps = ["0", "8/255"]\n[[attacks]]\nname = "fgsm"\nkind = "fgsm"\n'))
+    model, (x, y) = trained_cnn(), eval_set(20)
+    run_sweep(model, x, y, suite, tmp_path / "run", progress=False)
+    with pytest.raises(RunFolderError, match="--resume"):
+        run_sweep(model, x, y, suite, tmp_path / "run", progress=False)
+    with pytest.raises(RunFolderError, match="different sweep"):
+        run_sweep(model, x, y, suite, tmp_path / "run", seed=1, resume=True, progress=False)
+
+
+def test_normalised_inputs_are_refused_with_hint(tmp_path):
+    model, (x, y) = trained_cnn(), eval_set(10)
+    with pytest.raises(BadInput, match="inside the model"):
+        run_sweep(model, (x - 0.5) / 0.25, y, load_suite("quick"), tmp_path / "run", progress=False)
+
+
+class RunsOutOfMemoryAbove(torch.nn.Module):
+    """Stands in for a GPU that cannot hold more than `limit` images at once."""
+
+    def __init__(self, model, limit):
+        super().__init__()
+        self.model, self.limit = model, limit
+
+    def forward(self, x):
+        if len(x) > self.limit:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.model(x)
+
+
+def test_batch_halves_on_out_of_memory_and_results_do_not_change(tmp_path):
+    suite = load_suite(write_suite(tmp_path, 'eps = ["0", "8/255", "32/255"]\n[[attacks]]\nname = "pgd"\nkind = "pgd"\nsteps = 3\nrandom_start = false\n'))
+    model, (x, y) = trained_cnn(), eval_set(40)
+    small = run_sweep(model, x, y, suite, tmp_path / "small", batch_size=8, progress=False)
+    halved = run_sweep(RunsOutOfMemoryAbove(model, 10), x, y, suite, tmp_path / "halved", batch_size=64, progress=False)
+    assert [c["robust"] for c in halved["cells"]] == [c["robust"] for c in small["cells"]]
+    assert json.loads((tmp_path / "halved" / "run.json").read_text())["batch_size"] == 64
+
+
+def test_undefended_model_falls_to_zero_at_standard_budget_and_chance_at_one(tmp_path):
+    suite = load_suite(write_suite(tmp_path, 'eps = ["0", "0.1", "0.3"]\n[[attacks]]\nname = "pgd"\nkind = "pgd"\nsteps = 10\n'))
+    results = run_sweep(trained_cnn(), *eval_set(40), suite, tmp_path / "run", progress=False)
+    checks = {c["id"]: c for c in results["checks"]}
+    assert checks[13]["status"] == "PASS", checks[13]
+    assert checks[5]["status"] == "PASS", checks[5]

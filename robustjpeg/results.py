@@ -57,6 +57,15 @@ class CellStore:
         return meta, arrays
 
 
+def cell_metas(run_dir: Path) -> list[dict]:
+    """The facts (attack, budget, passes, wall time, example statistics) of every finished cell of a run."""
+    out = []
+    for path in sorted((Path(run_dir) / "cells").glob("*.npz")):
+        with np.load(path) as data:
+            out.append(json.loads(str(data["meta"])))
+    return out
+
+
 def worst_case(cells: dict[str, np.ndarray], budgets: dict[str, tuple[str, float]]) -> dict[tuple[str, float], np.ndarray]:
     """Per (norm, eps): a sample is robust only if it is robust in every cell of that norm and budget."""
     out: dict[tuple[str, float], np.ndarray] = {}

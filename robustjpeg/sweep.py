@@ -301,6 +301,11 @@ def _validate(x: Tensor, y: Tensor) -> None:
                        "put mean/std normalisation inside the model, not in the data")
 
 
+def _spent(engine: Engine) -> dict[str, int]:
+    """Per-sample passes this sweep cost, including cells finished before a resume."""
+    return {k: engine.tally[k] + engine.reused[k] for k in engine.tally}
+
+
 def _deployed(model: nn.Module, mode: str | None):
     """The whole sweep under one JPEG mode (e.g. 'hard', the quantiser a deployed codec uses)."""
     if mode is None:
@@ -334,14 +339,15 @@ def run_sweep(model: nn.Module, x: Tensor, y: Tensor, suite: Suite, out_dir: Pat
                         transfer_source=transfer_source)
         cells, where, skipped, cw_l2 = _all_cells(engine, suite, CellStore(out))
         results = _summarise(engine, suite, info, dataset, cells, where, skipped)
+        attack_passes, t_checks = _spent(engine), time.perf_counter()
         results["checks"] = checks.run_checks(engine, suite, cells, where, results, info)
+        run.update(passes_attacks=attack_passes, wall_time_checks_s=round(time.perf_counter() - t_checks, 3))
     results["checks_failed"] = sum(c["status"] == "FAIL" for c in results["checks"])
     worst = worst_case(cells, {k: (w[1], w[2]) for k, w in where.items()})
     write_samples(out, indices=np.arange(len(y)) if indices is None else np.asarray(indices), labels=y.cpu().numpy(),
                   clean_correct=engine.clean.cpu().numpy(), cells=cells, worst=worst, cw_l2=cw_l2)
     write_results(out, results)
-    passes = {k: engine.tally[k] + engine.reused[k] for k in engine.tally}
-    run.update(status="complete", wall_time_s=round(time.perf_counter() - t0, 3), passes=passes,
+    run.update(status="complete", wall_time_s=round(time.perf_counter() - t0, 3), passes=_spent(engine),
                finished=datetime.now(timezone.utc).isoformat(timespec="seconds"), checks_failed=results["checks_failed"])
     write_run(out, run)
     return {"schema": "robustjpeg.results/1", **results}
@@ -350,15 +356,16 @@ def run_sweep(model: nn.Module, x: Tensor, y: Tensor, suite: Suite, out_dir: Pat
 def reference_sweep(model: nn.Module, x: Tensor, y: Tensor, suite: Suite, *, batch_size: int = 256) -> tuple[dict, dict]:
     """The naive loop the engine's savings are measured and verified against: every attack at every budget on every
     sample through plain torchattacks calls; outcomes then combined like the engine's (clean-wrong and broken at a
-    smaller budget count as broken). Returns (cells, passes); only fgsm, pgd and cw kinds."""
+    smaller budget count as broken). Returns (cells, passes per attack name and "clean"); fgsm, pgd and cw kinds."""
     import torchattacks
 
-    tally = {"forward": 0, "backward": 0}
-    counted = PassCounter(model.eval(), tally)
+    passes = {"clean": {"forward": 0, "backward": 0}}
+    counted = PassCounter(model.eval(), passes["clean"])
     with torch.no_grad():
         clean = torch.cat([counted(xb).argmax(1) for xb in x.split(batch_size)]) == y
     cells = {}
     for spec in suite.attacks:
+        counted.tally = passes[spec.name] = {"forward": 0, "backward": 0}
         p = spec.params
         alive = clean.clone()
         for eps in (suite.l2_eps if spec.norm == "L2" else suite.eps):
@@ -379,4 +386,4 @@ def reference_sweep(model: nn.Module, x: Tensor, y: Tensor, suite: Suite, *, bat
                     broken &= (adv - xb).flatten(1).norm(dim=1) <= eps
                 alive[start:start + batch_size] &= ~broken
             cells[cell_key(spec.name, spec.norm, eps)] = alive.cpu().numpy().copy()
-    return cells, tally
+    return cells, passes

@@ -1,0 +1,105 @@
+"""The sanity checks flag what they are meant to flag: masked gradients, probabilities, randomness, weak attacks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from robustjpeg.attacks import load_suite
+from robustjpeg.sweep import run_sweep
+from sweep_models import eval_set, one_thread, trained_cnn, write_suite
+
+one_thread = pytest.fixture(autouse=True)(one_thread)
+
+PGD_SQUARE = """eps = ["0", "0.1", "0.3"]
+[[attacks]]
+name = "fgsm"
+kind = "fgsm"
+[[attacks]]
+name = "pgd"
+kind = "pgd"
+steps = 10
+random_start = false
+[[attacks]]
+name = "square"
+kind = "square"
+queries = 200
+"""
+
+
+def sweep_checks(tmp_path, model, body: str, n: int = 40, **kw) -> dict[int, dict]:
+    suite = load_suite(write_suite(tmp_path, body))
+    results = run_sweep(model, *eval_set(n), suite, tmp_path / "run", progress=False, **kw)
+    return {c["id"]: c for c in results["checks"]}
+
+
+class Staircase(nn.Module):
+    """Rounds its input to 5 grey levels before the classifier: zero input gradient, the textbook masking."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(torch.round(x * 4) / 4)
+
+
+def test_sound_sweep_passes_the_checks_that_apply_and_skips_the_rest_with_reasons(tmp_path):
+    checks = sweep_checks(tmp_path, trained_cnn(), PGD_SQUARE)
+    for i in (1, 2, 3, 4, 5, 6, 9, 10, 14, 15, 16):
+        assert checks[i]["status"] == "PASS", checks[i]
+    assert checks[11]["status"] == "SKIP" and "no JPEG layer" in checks[11]["detail"]
+    assert checks[7]["status"] == "SKIP" and checks[7]["detail"]
+    assert checks[8]["status"] in ("PASS", "WARN") and checks[8]["value"] <= 0.05
+
+
+def test_masked_gradients_are_flagged_by_gradient_health_and_black_box_lead(tmp_path):
+    checks = sweep_checks(tmp_path, Staircase(trained_cnn()), PGD_SQUARE)
+    assert checks[9]["status"] == "FAIL" and checks[9]["value"] == 1.0, checks[9]
+    assert checks[8]["status"] in ("WARN", "FAIL") and checks[8]["value"] > 0, checks[8]
+
+
+def test_model_that_outputs_probabilities_fails_check_14(tmp_path):
+    model = nn.Sequential(trained_cnn(), nn.Softmax(dim=1))
+    checks = sweep_checks(tmp_path, model, 'eps = ["0", "0.1"]\n[[attacks]]\nname = "fgsm"\nkind = "fgsm"\n', n=20)
+    assert checks[14]["status"] == "FAIL" and "softmax" in checks[14]["detail"]
+
+
+class NoisyLogits(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        logits = self.model(x)
+        return logits + 20 * torch.randn_like(logits)
+
+
+def test_randomised_model_fails_determinism(tmp_path):
+    checks = sweep_checks(tmp_path, NoisyLogits(trained_cnn()), 'eps = ["0", "0.1"]\n[[attacks]]\nname = "fgsm"\nkind = "fgsm"\n', n=20)
+    assert checks[10]["status"] == "FAIL" and checks[10]["value"] > 0
+
+
+def test_pgd_weaker_than_fgsm_is_flagged(tmp_path):
+    body = 'eps = ["0", "0.1", "0.2"]\n[[attacks]]\nname = "fgsm"\nkind = "fgsm"\n' \
+           '[[attacks]]\nname = "pgd"\nkind = "pgd"\nsteps = 2\nrel_stepsize = 0.1\nrandom_start = false\n'
+    checks = sweep_checks(tmp_path, trained_cnn(), body)
+    assert checks[6]["status"] == "FAIL" and checks[6]["value"] > 0.02, checks[6]
+
+
+def test_more_pgd_steps_never_raise_accuracy(tmp_path):
+    body = 'eps = ["0", "0.05", "0.1"]\n[[attacks]]\nname = "pgd-2"\nkind = "pgd"\nsteps = 2\n' \
+           '[[attacks]]\nname = "pgd-10"\nkind = "pgd"\nsteps = 10\nrestarts = 2\n'
+    checks = sweep_checks(tmp_path, trained_cnn(), body)
+    assert checks[7]["status"] == "PASS" and checks[7]["value"] <= 0, checks[7]
+
+
+def test_hard_jpeg_masks_plain_pgd_and_bpda_check_flags_it(tmp_path):
+    jpeg = pytest.importorskip("robustjpeg.jpeg", reason="the JPEG layer is not in this branch yet")
+    model = nn.Sequential(jpeg.JpegLayer(channels=1, quality=90, mode="hard"), trained_cnn())
+    body = 'eps = ["0", "0.1", "0.2"]\n[[attacks]]\nname = "pgd"\nkind = "pgd"\nsteps = 10\nrandom_start = false\n' \
+           '[[attacks]]\nname = "pgd-bpda"\nkind = "pgd"\nview = "ste"\nsteps = 10\nrandom_start = false\n'
+    checks = sweep_checks(tmp_path, model, body)
+    assert checks[11]["status"] == "FAIL" and checks[11]["value"] > 0.05, checks[11]
+    assert checks[9]["status"] == "FAIL", checks[9]

@@ -24,25 +24,12 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from robustjpeg.attacks import load_suite  # noqa: E402
 from robustjpeg.results import cell_metas, read_run  # noqa: E402
 from robustjpeg.sweep import reference_sweep, run_sweep  # noqa: E402
-from sweep_models import eval_set, trained_cnn, write_suite  # noqa: E402  (the tiny MNIST CNN the tests use)
+from sweep_models import eval_set, suite_toml, trained_cnn, write_suite  # noqa: E402  (the tiny MNIST CNN the tests use)
 
-SUITE = """eps = ["0", "1/255", "2/255", "4/255", "8/255", "16/255", "32/255", "64/255"]
-l2_eps = [0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0]
-[[attacks]]
-name = "fgsm"
-kind = "fgsm"
-[[attacks]]
-name = "pgd"
-kind = "pgd"
-steps = 10
-random_start = false
-[[attacks]]
-name = "cw"
-kind = "cw"
-c = 5.0
-steps = 50
-lr = 0.05
-"""
+SUITE = suite_toml(["0", "1/255", "2/255", "4/255", "8/255", "16/255", "32/255", "64/255"],
+                   {"name": "fgsm", "kind": "fgsm"}, {"name": "pgd", "kind": "pgd", "steps": 10, "random_start": False},
+                   {"name": "cw", "kind": "cw", "c": 5.0, "steps": 50, "lr": 0.05},
+                   l2_eps=[0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0])
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
 
@@ -76,8 +77,17 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def write_suite(folder: Path, body: str, header: str = 'name = "t"\nstandard_eps = "0.3"\n') -> Path:
-    """A suite file in folder from TOML text (header + attack tables)."""
+def suite_toml(eps: list[str], *attacks: dict, l2_eps: list[float] | None = None, standard_eps: str = "0.3") -> str:
+    """Suite file text: a Linf grid (fractions as strings) and one [[attacks]] table per dict."""
+    lines = ['name = "t"', f"standard_eps = {json.dumps(standard_eps)}", f"eps = {json.dumps(eps)}"]
+    lines += [f"l2_eps = {json.dumps(l2_eps)}"] if l2_eps else []
+    for table in attacks:
+        lines += ["[[attacks]]", *(f"{k} = {json.dumps(v)}" for k, v in table.items())]
+    return "\n".join(lines) + "\n"
+
+
+def write_suite(folder: Path, text: str) -> Path:
+    """Write suite text to folder/suite.toml and return the path."""
     path = folder / "suite.toml"
-    path.write_text(header + body)
+    path.write_text(text)
     return path

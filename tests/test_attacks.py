@@ -46,7 +46,7 @@ def test_adaptive_suite_crafts_through_the_straight_through_view():
     ('eps = ["0"]\n[[attacks]]\nname = "a"\nkind = "pgd"\nsteps = "ten"\n', 7, "steps must be int"),
 ])
 def test_bad_suite_error_names_line_and_problem(tmp_path, body, line, words):
-    path = write_suite(tmp_path, body)
+    path = write_suite(tmp_path, 'name = "t"\nstandard_eps = "0.3"\n' + body)
     with pytest.raises(ConfigError) as err:
         load_suite(path)
     assert f"line {line}" in str(err.value) and words in str(err.value)

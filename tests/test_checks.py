@@ -8,28 +8,17 @@ from torch import nn
 
 from robustjpeg.attacks import load_suite
 from robustjpeg.sweep import run_sweep
-from sweep_models import eval_set, one_thread, trained_cnn, write_suite
+from sweep_models import eval_set, one_thread, suite_toml, trained_cnn, write_suite
 
 one_thread = pytest.fixture(autouse=True)(one_thread)
 
-PGD_SQUARE = """eps = ["0", "0.1", "0.3"]
-[[attacks]]
-name = "fgsm"
-kind = "fgsm"
-[[attacks]]
-name = "pgd"
-kind = "pgd"
-steps = 10
-random_start = false
-[[attacks]]
-name = "square"
-kind = "square"
-queries = 200
-"""
+FGSM = {"name": "fgsm", "kind": "fgsm"}
+PGD = {"name": "pgd", "kind": "pgd", "steps": 10, "random_start": False}
+PGD_SQUARE = suite_toml(["0", "0.1", "0.3"], FGSM, PGD, {"name": "square", "kind": "square", "queries": 200})
 
 
-def sweep_checks(tmp_path, model, body: str, n: int = 40, **kw) -> dict[int, dict]:
-    suite = load_suite(write_suite(tmp_path, body))
+def sweep_checks(tmp_path, model, text: str, n: int = 40, **kw) -> dict[int, dict]:
+    suite = load_suite(write_suite(tmp_path, text))
     results = run_sweep(model, *eval_set(n), suite, tmp_path / "run", progress=False, **kw)
     return {c["id"]: c for c in results["checks"]}
 
@@ -62,7 +51,7 @@ def test_masked_gradients_are_flagged_by_gradient_health_and_black_box_lead(tmp_
 
 def test_model_that_outputs_probabilities_fails_check_14(tmp_path):
     model = nn.Sequential(trained_cnn(), nn.Softmax(dim=1))
-    checks = sweep_checks(tmp_path, model, 'eps = ["0", "0.1"]\n[[attacks]]\nname = "fgsm"\nkind = "fgsm"\n', n=20)
+    checks = sweep_checks(tmp_path, model, suite_toml(["0", "0.1"], FGSM), n=20)
     assert checks[14]["status"] == "FAIL" and "softmax" in checks[14]["detail"]
 
 
@@ -77,20 +66,19 @@ class NoisyLogits(nn.Module):
 
 
 def test_randomised_model_fails_determinism(tmp_path):
-    checks = sweep_checks(tmp_path, NoisyLogits(trained_cnn()), 'eps = ["0", "0.1"]\n[[attacks]]\nname = "fgsm"\nkind = "fgsm"\n', n=20)
+    checks = sweep_checks(tmp_path, NoisyLogits(trained_cnn()), suite_toml(["0", "0.1"], FGSM), n=20)
     assert checks[10]["status"] == "FAIL" and checks[10]["value"] > 0
 
 
 def test_pgd_weaker_than_fgsm_is_flagged(tmp_path):
-    body = 'eps = ["0", "0.1", "0.2"]\n[[attacks]]\nname = "fgsm"\nkind = "fgsm"\n' \
-           '[[attacks]]\nname = "pgd"\nkind = "pgd"\nsteps = 2\nrel_stepsize = 0.1\nrandom_start = false\n'
+    body = suite_toml(["0", "0.1", "0.2"], FGSM, {**PGD, "steps": 2, "rel_stepsize": 0.1})
     checks = sweep_checks(tmp_path, trained_cnn(), body)
     assert checks[6]["status"] == "FAIL" and checks[6]["value"] > 0.02, checks[6]
 
 
 def test_more_pgd_steps_never_raise_accuracy(tmp_path):
-    body = 'eps = ["0", "0.05", "0.1"]\n[[attacks]]\nname = "pgd-2"\nkind = "pgd"\nsteps = 2\n' \
-           '[[attacks]]\nname = "pgd-10"\nkind = "pgd"\nsteps = 10\nrestarts = 2\n'
+    body = suite_toml(["0", "0.05", "0.1"], {"name": "pgd-2", "kind": "pgd", "steps": 2},
+                      {"name": "pgd-10", "kind": "pgd", "steps": 10, "restarts": 2})
     checks = sweep_checks(tmp_path, trained_cnn(), body)
     assert checks[7]["status"] == "PASS" and checks[7]["value"] <= 0, checks[7]
 
@@ -98,8 +86,7 @@ def test_more_pgd_steps_never_raise_accuracy(tmp_path):
 def test_hard_jpeg_masks_plain_pgd_and_bpda_check_flags_it(tmp_path):
     jpeg = pytest.importorskip("robustjpeg.jpeg", reason="the JPEG layer is not in this branch yet")
     model = nn.Sequential(jpeg.JpegLayer(channels=1, quality=90, mode="hard"), trained_cnn())
-    body = 'eps = ["0", "0.1", "0.2"]\n[[attacks]]\nname = "pgd"\nkind = "pgd"\nsteps = 10\nrandom_start = false\n' \
-           '[[attacks]]\nname = "pgd-bpda"\nkind = "pgd"\nview = "ste"\nsteps = 10\nrandom_start = false\n'
+    body = suite_toml(["0", "0.1", "0.2"], PGD, {**PGD, "name": "pgd-bpda", "view": "ste"})
     checks = sweep_checks(tmp_path, model, body)
     assert checks[11]["status"] == "FAIL" and checks[11]["value"] > 0.05, checks[11]
     assert checks[9]["status"] == "FAIL", checks[9]

@@ -13,31 +13,14 @@ from robustjpeg.attacks import PGD, load_suite
 from robustjpeg.errors import BadInput, RunFolderError
 from robustjpeg.results import cell_metas, read_run
 from robustjpeg.sweep import reference_sweep, run_sweep
-from sweep_models import eval_set, one_thread, trained_cnn, write_suite
+from sweep_models import eval_set, one_thread, suite_toml, trained_cnn, write_suite
 
 one_thread = pytest.fixture(autouse=True)(one_thread)
 
-DETERMINISTIC = """
-eps = ["0", "2/255", "8/255", "16/255", "32/255", "64/255"]
-l2_eps = [0.0, 0.5, 1.0, 2.0]
-
-[[attacks]]
-name = "fgsm"
-kind = "fgsm"
-
-[[attacks]]
-name = "pgd"
-kind = "pgd"
-steps = 5
-random_start = false
-
-[[attacks]]
-name = "cw"
-kind = "cw"
-c = 5.0
-steps = 20
-lr = 0.05
-"""
+FGSM = {"name": "fgsm", "kind": "fgsm"}
+DETERMINISTIC = suite_toml(["0", "2/255", "8/255", "16/255", "32/255", "64/255"], FGSM,
+                           {"name": "pgd", "kind": "pgd", "steps": 5, "random_start": False},
+                           {"name": "cw", "kind": "cw", "c": 5.0, "steps": 20, "lr": 0.05}, l2_eps=[0.0, 0.5, 1.0, 2.0])
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +85,7 @@ class Killed(Exception):
 
 
 def test_kill_and_resume_give_identical_results(tmp_path, monkeypatch):
-    suite = load_suite(write_suite(tmp_path, 'eps = ["0", "4/255", "16/255", "48/255"]\n[[attacks]]\nname = "pgd"\nkind = "pgd"\nsteps = 4\nrestarts = 2\n'))
+    suite = load_suite(write_suite(tmp_path, suite_toml(["0", "4/255", "16/255", "48/255"], {"name": "pgd", "kind": "pgd", "steps": 4, "restarts": 2})))
     model, (x, y) = trained_cnn(), eval_set(40)
     whole = run_sweep(model, x, y, suite, tmp_path / "whole", seed=3, progress=False)
     calls, original = [], PGD.perturb
@@ -126,7 +109,7 @@ def test_kill_and_resume_give_identical_results(tmp_path, monkeypatch):
 
 
 def test_existing_run_folder_needs_resume_and_the_same_sweep(tmp_path):
-    suite = load_suite(write_suite(tmp_path, 'eps = ["0", "8/255"]\n[[attacks]]\nname = "fgsm"\nkind = "fgsm"\n'))
+    suite = load_suite(write_suite(tmp_path, suite_toml(["0", "8/255"], FGSM)))
     model, (x, y) = trained_cnn(), eval_set(20)
     run_sweep(model, x, y, suite, tmp_path / "run", progress=False)
     with pytest.raises(RunFolderError, match="--resume"):
@@ -155,7 +138,7 @@ class RunsOutOfMemoryAbove(torch.nn.Module):
 
 
 def test_batch_halves_on_out_of_memory_and_results_do_not_change(tmp_path):
-    suite = load_suite(write_suite(tmp_path, 'eps = ["0", "8/255", "32/255"]\n[[attacks]]\nname = "pgd"\nkind = "pgd"\nsteps = 3\nrandom_start = false\n'))
+    suite = load_suite(write_suite(tmp_path, suite_toml(["0", "8/255", "32/255"], {"name": "pgd", "kind": "pgd", "steps": 3, "random_start": False})))
     model, (x, y) = trained_cnn(), eval_set(40)
     small = run_sweep(model, x, y, suite, tmp_path / "small", batch_size=8, progress=False)
     halved = run_sweep(RunsOutOfMemoryAbove(model, 10), x, y, suite, tmp_path / "halved", batch_size=64, progress=False)
@@ -164,7 +147,7 @@ def test_batch_halves_on_out_of_memory_and_results_do_not_change(tmp_path):
 
 
 def test_undefended_model_falls_to_zero_at_standard_budget_and_chance_at_one(tmp_path):
-    suite = load_suite(write_suite(tmp_path, 'eps = ["0", "0.1", "0.3"]\n[[attacks]]\nname = "pgd"\nkind = "pgd"\nsteps = 10\n'))
+    suite = load_suite(write_suite(tmp_path, suite_toml(["0", "0.1", "0.3"], {"name": "pgd", "kind": "pgd", "steps": 10})))
     results = run_sweep(trained_cnn(), *eval_set(40), suite, tmp_path / "run", progress=False)
     checks = {c["id"]: c for c in results["checks"]}
     assert checks[13]["status"] == "PASS", checks[13]

@@ -210,11 +210,14 @@ class Suite:
     l2_eps: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0])
     description: str = ""
 
+    def __post_init__(self) -> None:
+        self.eps, self.l2_eps = sorted(set(map(float, self.eps))), sorted(set(map(float, self.l2_eps)))
+
     def with_eps(self, eps: list[float] | None) -> "Suite":
         """The same suite over another Linf grid (the CLI's --eps)."""
         if eps is None:
             return self
-        return dataclasses.replace(self, eps=sorted(set(eps)))
+        return dataclasses.replace(self, eps=eps)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -223,6 +226,24 @@ class Suite:
     def from_dict(cls, d: dict) -> "Suite":
         attacks = [AttackSpec(**a) for a in d["attacks"]]
         return cls(**{**d, "attacks": attacks})
+
+
+def jpeg_tables(model: nn.Module) -> dict | None:
+    """Quantisation steps of the model's first JPEG layer ({"luma": 8x8, "chroma": 8x8 or None}); None without one."""
+    layers = jpeg_layers(model)
+    if not layers:
+        return None
+    steps = layers[0].steps().detach().cpu()
+    return {"luma": steps[0].tolist(), "chroma": steps[1].tolist() if len(steps) > 1 else None}
+
+
+def jpeg_layers(model: nn.Module) -> list:
+    """The JPEG layers inside a model (empty for a baseline, or while the JPEG layer module is absent)."""
+    try:
+        from robustjpeg.jpeg import jpeg_layers as find
+    except ImportError:
+        return []
+    return find(model)
 
 
 def suite_path(name_or_path: str | Path) -> Path:

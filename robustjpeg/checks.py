@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from robustjpeg.attacks import AttackSpec, Suite
+from robustjpeg.attacks import AttackSpec, Suite, jpeg_layers
 
 PROBE = 64  # samples a probe re-attacks (checks 1, 4, 5)
 TOL = 0.02  # accuracy slack between two attacks before a check warns
@@ -220,16 +220,8 @@ def deterministic(ctx: Context) -> dict:
     return _check(10, "deterministic", status, diff, f"largest logit change between two identical passes {diff:.3g}, {flips} labels changed")
 
 
-def has_jpeg_layer(model) -> bool:
-    try:
-        from robustjpeg.jpeg import jpeg_layers
-    except ImportError:
-        return False
-    return bool(jpeg_layers(model))
-
-
 def bpda_not_stronger(ctx: Context) -> dict:
-    if not has_jpeg_layer(ctx.engine.model):
+    if not jpeg_layers(ctx.engine.model):
         return _check(11, "bpda_not_stronger", "SKIP", None, "the model has no JPEG layer")
     found = _lead(ctx, _plain, lambda s: s.view == "ste" and s.source == "model")
     if found is None:
@@ -264,7 +256,7 @@ def noise_weaker_than_attack(ctx: Context) -> dict:
 
 
 def undefended_to_zero(ctx: Context) -> dict:
-    if has_jpeg_layer(ctx.engine.model) or ctx.info.get("defended"):
+    if jpeg_layers(ctx.engine.model) or ctx.info.get("defended"):
         return _check(13, "undefended_to_zero", "SKIP", None, "the model is a defended one (JPEG layer or marked defended)")
     eps = _reference_eps(ctx)
     accs = ctx.min_acc(ctx.keys(lambda s: not s.black_box))

@@ -79,14 +79,14 @@ def _add_sweep(p: argparse.ArgumentParser) -> None:
 
 
 def _run_sweep(args: argparse.Namespace) -> int:
+    if args.out is None:
+        raise ConfigError("sweep needs -o/--out RUN_DIR, the folder the results go to")
     from robustjpeg.attacks import load_suite
     from robustjpeg.data import eval_tensors, load_dataset
     from robustjpeg.io import resolve_device
     from robustjpeg.loading import load_model
     from robustjpeg.sweep import run_sweep
 
-    if args.out is None:
-        raise ConfigError("sweep needs -o/--out RUN_DIR, the folder the results go to")
     suite = load_suite(args.suite or "quick").with_eps(args.eps)
     device = resolve_device(args.device)
     model, info = load_model(args.checkpoint, device=device)

@@ -15,10 +15,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from robustjpeg.attacks import FGSM, AttackSpec, Suite
+from robustjpeg.attacks import FGSM, AttackSpec, Suite, jpeg_tables, load_suite
 from robustjpeg.errors import BadInput, RunFolderError
 from robustjpeg.io import config_hash, read_json, device_description, library_versions, resolve_device
 from robustjpeg.results import CellStore, cell_key, robust_record, worst_case, write_results, write_run, write_samples
+
+__all__ = ["Engine", "PassCounter", "load_suite", "reference_sweep", "run_sweep"]  # load_suite: one import for callers
 
 
 class PassCounter(nn.Module):
@@ -327,6 +329,7 @@ def run_sweep(model: nn.Module, x: Tensor, y: Tensor, suite: Suite, out_dir: Pat
     fingerprint = _fingerprint(suite, x, y, seed, model_info, deploy_mode)
     _prepare_folder(out, fingerprint, resume)
     info = dict(model_info or {"name": type(model).__name__})
+    info.setdefault("jpeg_tables", jpeg_tables(model))
     device = resolve_device(device) if isinstance(device, str) else torch.device(device)
     run = {"status": "running", "fingerprint": fingerprint, "suite": suite.to_dict(), "model": info, "dataset": dataset,
            "n": len(y), "seed": seed, "deploy_mode": deploy_mode, "versions": library_versions(),

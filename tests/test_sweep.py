@@ -4,12 +4,15 @@ writes the run folder of the contract."""
 from __future__ import annotations
 
 import json
+import sys
+import types
 
 import numpy as np
 import pytest
 import torch
 
-from robustjpeg.attacks import PGD, load_suite
+from robustjpeg.attacks import PGD, Suite, load_suite
+from robustjpeg.cli import EXIT_CHECK_FAILED, EXIT_OK, EXIT_USAGE, main
 from robustjpeg.errors import BadInput, RunFolderError
 from robustjpeg.results import cell_metas, read_run
 from robustjpeg.sweep import reference_sweep, run_sweep
@@ -152,3 +155,30 @@ def test_undefended_model_falls_to_zero_at_standard_budget_and_chance_at_one(tmp
     checks = {c["id"]: c for c in results["checks"]}
     assert checks[13]["status"] == "PASS", checks[13]
     assert checks[5]["status"] == "PASS", checks[5]
+
+
+def test_suite_in_run_json_reads_back_as_the_same_suite(deterministic_runs):
+    run, _, _, _ = deterministic_runs
+    suite = Suite.from_dict(run.run["suite"])
+    assert suite.to_dict() == run.run["suite"] and [a.name for a in suite.attacks] == ["fgsm", "pgd", "cw"]
+
+
+def test_sweep_command_needs_an_output_folder(capsys):
+    assert main(["sweep", "model.pt", "--dataset", "mnist5k"]) == EXIT_USAGE
+    assert "-o/--out" in capsys.readouterr().err
+
+
+def test_sweep_command_wires_model_data_suite_and_eps_override(tmp_path, monkeypatch):
+    """The command's own wiring, with the model loader and data set stood in by the tests' CNN and digits."""
+    x, y = eval_set(20)
+    loaders = types.SimpleNamespace(load_model=lambda source, device: (trained_cnn(), {"name": "tiny", "sha256": "0"}))
+    data = types.SimpleNamespace(load_dataset=lambda name, root, download: name,
+                                 eval_tensors=lambda ds, n, seed: (x[:n], y[:n], torch.arange(n)))
+    monkeypatch.setitem(sys.modules, "robustjpeg.loading", loaders)
+    monkeypatch.setitem(sys.modules, "robustjpeg.data", data)
+    suite = write_suite(tmp_path, suite_toml(["0", "0.3"], FGSM))
+    code = main(["sweep", "m.pt", "--dataset", "mnist5k", "-n", "12", "--suite", str(suite), "--eps", "0,0.1",
+                 "-o", str(tmp_path / "run"), "--device", "cpu"])
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert code in (EXIT_OK, EXIT_CHECK_FAILED) and results["n"] == 12 and results["model"] == "tiny"
+    assert sorted({c["eps"] for c in results["cells"]}) == [0.0, 0.1]

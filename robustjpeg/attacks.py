@@ -339,8 +339,8 @@ class _SuiteReader:
             raise self.fail("view", f"view must be one of {', '.join(VIEWS)}, got {spec.view!r}", i)
         if spec.source not in SOURCES:
             raise self.fail("source", f"source must be one of {', '.join(SOURCES)}, got {spec.source!r}", i)
-        if spec.restarts < 1:
-            raise self.fail("restarts", "restarts must be >= 1", i)
+        if spec.restarts < 1 or (spec.restarts > 1 and ATTACKS.get(kind).minimum_distortion):
+            raise self.fail("restarts", f"restarts must be >= 1 (and 1 for {kind}, which runs once per sample)", i)
         spec.params = self.params(ATTACKS.get(kind), entry, i)
         return spec
 

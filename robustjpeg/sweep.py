@@ -351,6 +351,7 @@ def run_sweep(model: nn.Module, x: Tensor, y: Tensor, suite: Suite, out_dir: Pat
                   clean_correct=engine.clean.cpu().numpy(), cells=cells, worst=worst, cw_l2=cw_l2)
     write_results(out, results)
     run.update(status="complete", wall_time_s=round(time.perf_counter() - t0, 3), passes=_spent(engine),
+               batch_size_final=engine.batch_size,
                finished=datetime.now(timezone.utc).isoformat(timespec="seconds"), checks_failed=results["checks_failed"])
     write_run(out, run)
     return {"schema": "robustjpeg.results/1", **results}

@@ -44,6 +44,7 @@ def test_adaptive_suite_crafts_through_the_straight_through_view():
     ('eps = ["0"]\n[[attacks]]\nname = "a"\n', 4, "missing required field 'kind'"),
     ('eps = ["0"]\n[[attacks]]\nname = "a"\nkind = "pgd"\nstep = 3\n', 7, "no parameter 'step'"),
     ('eps = ["0"]\n[[attacks]]\nname = "a"\nkind = "pgd"\nsteps = "ten"\n', 7, "steps must be int"),
+    ('eps = ["0"]\n[[attacks]]\nname = "a"\nkind = "cw"\nrestarts = 3\n', 7, "runs once per sample"),
 ])
 def test_bad_suite_error_names_line_and_problem(tmp_path, body, line, words):
     path = write_suite(tmp_path, 'name = "t"\nstandard_eps = "0.3"\n' + body)

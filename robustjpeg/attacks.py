@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from robustjpeg.errors import ConfigError, UnknownName
+from robustjpeg.jpeg import jpeg_layers
 from robustjpeg.registry import Registry
 
 ATTACKS: Registry[type] = Registry("attack")
@@ -235,15 +236,6 @@ def jpeg_tables(model: nn.Module) -> dict | None:
         return None
     steps = layers[0].steps().detach().cpu()
     return {"luma": steps[0].tolist(), "chroma": steps[1].tolist() if len(steps) > 1 else None}
-
-
-def jpeg_layers(model: nn.Module) -> list:
-    """The JPEG layers inside a model (empty for a baseline, or while the JPEG layer module is absent)."""
-    try:
-        from robustjpeg.jpeg import jpeg_layers as find
-    except ImportError:
-        return []
-    return find(model)
 
 
 def suite_path(name_or_path: str | Path) -> Path:

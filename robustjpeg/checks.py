@@ -9,7 +9,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from robustjpeg.attacks import AttackSpec, Suite, jpeg_layers
+from robustjpeg.attacks import AttackSpec, Suite
+from robustjpeg.jpeg import jpeg_layers
 
 PROBE = 64  # samples a probe re-attacks (checks 1, 4, 5)
 TOL = 0.02  # accuracy slack between two attacks before a check warns

@@ -17,7 +17,8 @@ from torch import Tensor, nn
 
 from robustjpeg.attacks import FGSM, AttackSpec, Suite, jpeg_tables, load_suite
 from robustjpeg.errors import BadInput, RunFolderError
-from robustjpeg.io import config_hash, read_json, device_description, library_versions, resolve_device
+from robustjpeg.io import config_hash, device_description, library_versions, read_json, resolve_device
+from robustjpeg.jpeg import jpeg_mode
 from robustjpeg.results import CellStore, cell_key, robust_record, worst_case, write_results, write_run, write_samples
 
 __all__ = ["Engine", "PassCounter", "load_suite", "reference_sweep", "run_sweep"]  # load_suite: one import for callers
@@ -128,11 +129,7 @@ class Engine:
 
     def view(self, spec: AttackSpec):
         """The JPEG mode examples are crafted under (BPDA = 'ste'); evaluation always uses the model as given."""
-        if spec.view is None:
-            return nullcontext()
-        from robustjpeg.jpeg import jpeg_mode
-
-        return jpeg_mode(self.craft_model(spec), spec.view)
+        return nullcontext() if spec.view is None else jpeg_mode(self.craft_model(spec), spec.view)
 
     def break_samples(self, spec: AttackSpec, key: str, idx: Tensor, eps: float,
                       perturb: Callable[[Tensor, int], Tensor], stats: dict) -> Tensor:
@@ -310,11 +307,7 @@ def _spent(engine: Engine) -> dict[str, int]:
 
 def _deployed(model: nn.Module, mode: str | None):
     """The whole sweep under one JPEG mode (e.g. 'hard', the quantiser a deployed codec uses)."""
-    if mode is None:
-        return nullcontext()
-    from robustjpeg.jpeg import jpeg_mode
-
-    return jpeg_mode(model, mode)
+    return nullcontext() if mode is None else jpeg_mode(model, mode)
 
 
 def run_sweep(model: nn.Module, x: Tensor, y: Tensor, suite: Suite, out_dir: Path, *, seed: int = 0,

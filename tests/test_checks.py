@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -84,9 +86,18 @@ def test_more_pgd_steps_never_raise_accuracy(tmp_path):
 
 
 def test_hard_jpeg_masks_plain_pgd_and_bpda_check_flags_it(tmp_path):
-    jpeg = pytest.importorskip("robustjpeg.jpeg", reason="the JPEG layer is not in this branch yet")
-    model = nn.Sequential(jpeg.JpegLayer(channels=1, quality=90, mode="hard"), trained_cnn())
-    body = suite_toml(["0", "0.1", "0.2"], PGD, {**PGD, "name": "pgd-bpda", "view": "ste"})
-    checks = sweep_checks(tmp_path, model, body)
-    assert checks[11]["status"] == "FAIL" and checks[11]["value"] > 0.05, checks[11]
+    """A JPEG layer deployed with the hard quantiser: zero gradients stop plain PGD, the straight-through view does not."""
+    from robustjpeg.jpeg import JpegLayer
+
+    layer = JpegLayer(channels=1, quality=50, mode="soft")
+    suite = load_suite(write_suite(tmp_path, suite_toml(["0", "0.1", "0.2"], PGD, {**PGD, "name": "pgd-bpda", "view": "ste"})))
+    results = run_sweep(nn.Sequential(layer, trained_cnn()), *eval_set(40), suite, tmp_path / "run", progress=False,
+                        deploy_mode="hard")
+    acc = {(c["attack"], c["eps"]): c["accuracy"] for c in results["cells"]}
+    assert acc["pgd", 0.2] >= results["clean"]["accuracy"] - 0.1 and acc["pgd-bpda", 0.2] <= 0.1, acc
+    checks = {c["id"]: c for c in results["checks"]}
+    assert checks[11]["status"] == "FAIL" and checks[11]["value"] > 0.5, checks[11]
     assert checks[9]["status"] == "FAIL", checks[9]
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["deploy_mode"] == "hard" and layer.mode == "soft", "the deployment mode must be undone after the sweep"
+    assert len(run["model"]["jpeg_tables"]["luma"]) == 8 and run["model"]["jpeg_tables"]["chroma"] is None

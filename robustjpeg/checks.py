@@ -69,8 +69,10 @@ def _iterative(spec: AttackSpec) -> bool:
     return _plain(spec) and spec.kind in ("pgd", "apgd", "autoattack")
 
 
-def _first_pgd(ctx: Context) -> AttackSpec:
-    found = [s for s in ctx.suite.attacks if s.kind == "pgd" and _plain(s)]
+def _first_pgd(ctx: Context, views: tuple = (None,)) -> AttackSpec:
+    """The suite's first PGD run, preferring the later entries of `views` (e.g. the BPDA view when there is one)."""
+    found = [s for s in ctx.suite.attacks if s.kind == "pgd" and s.source == "model" and s.view in views]
+    found.sort(key=lambda s: -views.index(s.view))
     return found[0] if found else AttackSpec(name="pgd", kind="pgd", params={"steps": 20})
 
 
@@ -143,7 +145,8 @@ def _curves(ctx: Context) -> dict[tuple, list[str]]:
 
 
 def eps1_to_chance(ctx: Context) -> dict:
-    spec, idx = _first_pgd(ctx), ctx.probe_idx()
+    """The suite's strongest gradient view (BPDA when the suite has it) must reach chance when the budget is unbounded."""
+    spec, idx = _first_pgd(ctx, (None, "ste")), ctx.probe_idx()
     broken, _ = ctx.attack(spec, idx, 1.0, "eps1")
     acc, chance = float((~broken & ctx.engine.clean[idx]).float().mean()), 1.0 / ctx.classes
     detail = f"{spec.name} at eps 1 on {len(idx)} samples leaves {acc:.3f} (chance {chance:.3f})"

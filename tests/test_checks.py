@@ -98,6 +98,7 @@ def test_hard_jpeg_masks_plain_pgd_and_bpda_check_flags_it(tmp_path):
     checks = {c["id"]: c for c in results["checks"]}
     assert checks[11]["status"] == "FAIL" and checks[11]["value"] > 0.5, checks[11]
     assert checks[9]["status"] == "FAIL", checks[9]
+    assert checks[5]["status"] == "PASS" and "pgd-bpda" in checks[5]["detail"], checks[5]
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["deploy_mode"] == "hard" and layer.mode == "soft", "the deployment mode must be undone after the sweep"
     assert len(run["model"]["jpeg_tables"]["luma"]) == 8 and run["model"]["jpeg_tables"]["chroma"] is None

@@ -153,7 +153,8 @@ class Square(Attack):
     def perturb(self, model, x, y, eps, seed):
         from pyautoattack.square import SquareAttack
 
-        attack = SquareAttack(model, norm="Linf", n_queries=self.queries, eps=eps, p_init=self.p_init, seed=seed, device=x.device)
+        attack = SquareAttack(model, norm="Linf", n_queries=self.queries, eps=eps, p_init=self.p_init, seed=seed,
+                              device=x.device)
         return attack.perturb(x, y)
 
     def strength(self) -> int:

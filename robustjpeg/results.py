@@ -79,11 +79,12 @@ def write_samples(run_dir: Path, *, indices, labels, clean_correct, cells: dict[
                   worst: dict[tuple[str, float], np.ndarray], cw_l2: np.ndarray | None) -> None:
     """samples.npz: every per-sample outcome, so worst cases, comparisons and reports are exact."""
     n = len(labels)
+    rows = lambda table: np.stack(list(table.values())).astype(bool) if table else np.zeros((0, n), bool)  # noqa: E731
     arrays = {
         "indices": np.asarray(indices, dtype=np.int64), "labels": np.asarray(labels, dtype=np.int64),
         "clean_correct": np.asarray(clean_correct, dtype=bool),
-        "cell_keys": np.array(list(cells), dtype=str), "robust": np.stack(list(cells.values())).astype(bool) if cells else np.zeros((0, n), bool),
-        "worst_keys": np.array([worst_key(*b) for b in worst], dtype=str), "worst": np.stack(list(worst.values())).astype(bool) if worst else np.zeros((0, n), bool),
+        "cell_keys": np.array(list(cells), dtype=str), "robust": rows(cells),
+        "worst_keys": np.array([worst_key(*b) for b in worst], dtype=str), "worst": rows(worst),
     }
     if cw_l2 is not None:
         arrays["cw_l2"] = np.asarray(cw_l2, dtype=np.float32)

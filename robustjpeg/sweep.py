@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from robustjpeg.attacks import FGSM, AttackSpec, Suite, jpeg_tables, load_suite
-from robustjpeg.errors import BadInput, RunFolderError
+from robustjpeg.errors import BadInput, ConfigError, RunFolderError
 from robustjpeg.io import config_hash, device_description, library_versions, read_json, resolve_device
 from robustjpeg.jpeg import jpeg_mode
 from robustjpeg.results import CellStore, cell_key, robust_record, worst_case, write_results, write_run, write_samples
@@ -350,12 +350,25 @@ def run_sweep(model: nn.Module, x: Tensor, y: Tensor, suite: Suite, out_dir: Pat
     return {"schema": "robustjpeg.results/1", **results}
 
 
+def _plain_torchattack(model: nn.Module, spec: AttackSpec, eps: float):
+    """The torchattacks object a plain loop would build for one attack at one budget."""
+    import torchattacks
+
+    a = spec.build()
+    if spec.kind == "fgsm":
+        return torchattacks.FGSM(model, eps=eps)
+    if spec.kind == "pgd":
+        return torchattacks.PGD(model, eps=eps, alpha=a.rel_stepsize * eps / a.steps, steps=a.steps,
+                                random_start=a.random_start)
+    if spec.kind == "cw":
+        return torchattacks.CW(model, c=a.c, kappa=a.kappa, steps=a.steps, lr=a.lr)
+    raise ConfigError(f"the reference loop covers fgsm, pgd and cw only, not {spec.kind!r} ({spec.name})")
+
+
 def reference_sweep(model: nn.Module, x: Tensor, y: Tensor, suite: Suite, *, batch_size: int = 256) -> tuple[dict, dict]:
     """The naive loop the engine's savings are measured and verified against: every attack at every budget on every
     sample through plain torchattacks calls; outcomes then combined like the engine's (clean-wrong and broken at a
     smaller budget count as broken). Returns (cells, passes per attack name and "clean"); fgsm, pgd and cw kinds."""
-    import torchattacks
-
     passes = {"clean": {"forward": 0, "backward": 0}}
     counted = PassCounter(model.eval(), passes["clean"])
     with torch.no_grad():
@@ -363,17 +376,9 @@ def reference_sweep(model: nn.Module, x: Tensor, y: Tensor, suite: Suite, *, bat
     cells = {}
     for spec in suite.attacks:
         counted.tally = passes[spec.name] = {"forward": 0, "backward": 0}
-        p = spec.params
         alive = clean.clone()
         for eps in (suite.l2_eps if spec.norm == "L2" else suite.eps):
-            if spec.kind == "fgsm":
-                attack = torchattacks.FGSM(counted, eps=eps)
-            elif spec.kind == "pgd":
-                steps, rel = p.get("steps", 10), p.get("rel_stepsize", 2.5)
-                attack = torchattacks.PGD(counted, eps=eps, alpha=rel * eps / steps, steps=steps,
-                                          random_start=p.get("random_start", True))
-            else:
-                attack = torchattacks.CW(counted, c=p.get("c", 1.0), kappa=p.get("kappa", 0.0), steps=p.get("steps", 100), lr=p.get("lr", 0.01))
+            attack = _plain_torchattack(counted, spec, eps)
             for start in range(0, len(y), batch_size):
                 xb, yb = x[start:start + batch_size], y[start:start + batch_size]
                 adv = attack(xb, yb)

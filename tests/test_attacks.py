@@ -10,9 +10,9 @@ import torchattacks
 
 from robustjpeg.attacks import ATTACKS, FGSM, PGD, AutoAttack, Square, UniformNoise, load_suite
 from robustjpeg.errors import ConfigError, UnknownName
-from sweep_models import eval_set, one_thread, trained_cnn, write_suite
+from sweep_models import eval_set, trained_cnn, write_suite
 
-one_thread = pytest.fixture(autouse=True)(one_thread)
+pytestmark = pytest.mark.usefixtures("single_thread")
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -10,9 +10,9 @@ from torch import nn
 
 from robustjpeg.attacks import load_suite
 from robustjpeg.sweep import run_sweep
-from sweep_models import eval_set, one_thread, suite_toml, trained_cnn, write_suite
+from sweep_models import eval_set, suite_toml, trained_cnn, write_suite
 
-one_thread = pytest.fixture(autouse=True)(one_thread)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 FGSM = {"name": "fgsm", "kind": "fgsm"}
 PGD = {"name": "pgd", "kind": "pgd", "steps": 10, "random_start": False}

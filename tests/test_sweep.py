@@ -16,9 +16,10 @@ from robustjpeg.cli import EXIT_CHECK_FAILED, EXIT_OK, EXIT_USAGE, main
 from robustjpeg.errors import BadInput, RunFolderError
 from robustjpeg.results import cell_metas, read_run
 from robustjpeg.sweep import reference_sweep, run_sweep
-from sweep_models import eval_set, one_thread, suite_toml, trained_cnn, write_suite
+from conftest import one_thread
+from sweep_models import eval_set, suite_toml, trained_cnn, write_suite
 
-one_thread = pytest.fixture(autouse=True)(one_thread)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 FGSM = {"name": "fgsm", "kind": "fgsm"}
 DETERMINISTIC = suite_toml(["0", "2/255", "8/255", "16/255", "32/255", "64/255"], FGSM,
@@ -28,14 +29,14 @@ DETERMINISTIC = suite_toml(["0", "2/255", "8/255", "16/255", "32/255", "64/255"]
 
 @pytest.fixture(scope="module")
 def deterministic_runs(tmp_path_factory):
-    torch.set_num_threads(1)
     """One engine run and one naive loop over the same model, digits and deterministic suite."""
     folder = tmp_path_factory.mktemp("det")
     suite = load_suite(write_suite(folder, DETERMINISTIC))
-    model, (x, y) = trained_cnn(), eval_set(80)
-    with torch.no_grad():  # the engine turns gradients back on where attacks need them
-        results = run_sweep(model, x, y, suite, folder / "run", batch_size=32, progress=False)
-    naive, naive_passes = reference_sweep(model, x, y, suite, batch_size=32)
+    with one_thread():
+        model, (x, y) = trained_cnn(), eval_set(80)
+        with torch.no_grad():  # the engine turns gradients back on where attacks need them
+            results = run_sweep(model, x, y, suite, folder / "run", batch_size=32, progress=False)
+        naive, naive_passes = reference_sweep(model, x, y, suite, batch_size=32)
     return read_run(folder / "run"), results, naive, naive_passes
 
 

@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import one_thread
 from robustjpeg.attacks import PGD, Suite, load_suite
 from robustjpeg.cli import EXIT_CHECK_FAILED, EXIT_OK, EXIT_USAGE, main
+from robustjpeg.data import eval_tensors, load_dataset
 from robustjpeg.errors import BadInput, RunFolderError
 from robustjpeg.results import cell_metas, read_run
 from robustjpeg.sweep import reference_sweep, run_sweep
-from conftest import one_thread
 from sweep_models import eval_set, suite_toml, trained_cnn, write_suite
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -171,16 +172,14 @@ def test_sweep_command_needs_an_output_folder(capsys):
 
 
 def test_sweep_command_wires_model_data_suite_and_eps_override(tmp_path, monkeypatch):
-    """The command's own wiring, with the model loader and data set stood in by the tests' CNN and digits."""
-    x, y = eval_set(20)
+    """The command end to end on mnist5k, with the model loader stood in by the tests' CNN."""
     loaders = types.SimpleNamespace(load_model=lambda source, device: (trained_cnn(), {"name": "tiny", "sha256": "0"}))
-    data = types.SimpleNamespace(load_dataset=lambda name, root, download: name,
-                                 eval_tensors=lambda ds, n, seed: (x[:n], y[:n], torch.arange(n)))
     monkeypatch.setitem(sys.modules, "robustjpeg.loading", loaders)
-    monkeypatch.setitem(sys.modules, "robustjpeg.data", data)
     suite = write_suite(tmp_path, suite_toml(["0", "0.3"], FGSM))
-    code = main(["sweep", "m.pt", "--dataset", "mnist5k", "-n", "12", "--suite", str(suite), "--eps", "0,0.1",
+    code = main(["sweep", "m.pt", "--dataset", "mnist5k", "-n", "20", "--suite", str(suite), "--eps", "0,0.1",
                  "-o", str(tmp_path / "run"), "--device", "cpu"])
-    results = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert code in (EXIT_OK, EXIT_CHECK_FAILED) and results["n"] == 12 and results["model"] == "tiny"
-    assert sorted({c["eps"] for c in results["cells"]}) == [0.0, 0.1]
+    run = read_run(tmp_path / "run")
+    assert code in (EXIT_OK, EXIT_CHECK_FAILED) and run.results["n"] == 20 and run.results["model"] == "tiny"
+    assert sorted({c["eps"] for c in run.results["cells"]}) == [0.0, 0.1]
+    expected = eval_tensors(load_dataset("mnist5k"), 20, 0)[2].numpy()
+    assert run.run["dataset"] == "mnist5k" and np.array_equal(run.samples["indices"], expected)

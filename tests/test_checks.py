@@ -102,3 +102,14 @@ def test_hard_jpeg_masks_plain_pgd_and_bpda_check_flags_it(tmp_path):
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["deploy_mode"] == "hard" and layer.mode == "soft", "the deployment mode must be undone after the sweep"
     assert len(run["model"]["jpeg_tables"]["luma"]) == 8 and run["model"]["jpeg_tables"]["chroma"] is None
+
+
+def test_trained_jpeg_dl_model_deployed_hard_is_flagged_and_bpda_reaches_chance(tmp_path, mnist_jpeg_run):
+    """The mnist5k JPEG-DL model of the training tests, deployed with the hard quantiser, under PGD and BPDA-PGD."""
+    from robustjpeg.train import load_trained
+
+    model = load_trained(mnist_jpeg_run["checkpoint"])[0]
+    checks = sweep_checks(tmp_path, model, suite_toml(["0", "0.1", "0.2"], PGD, {**PGD, "name": "pgd-bpda", "view": "ste"}),
+                          n=60, deploy_mode="hard")
+    assert checks[11]["status"] == "FAIL", checks[11]
+    assert checks[5]["status"] == "PASS" and "pgd-bpda" in checks[5]["detail"], checks[5]

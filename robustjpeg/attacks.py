@@ -14,7 +14,6 @@ import torch
 from torch import Tensor, nn
 
 from robustjpeg.errors import ConfigError, UnknownName
-from robustjpeg.jpeg import jpeg_layers
 from robustjpeg.registry import Registry
 
 ATTACKS: Registry[type] = Registry("attack")
@@ -228,15 +227,6 @@ class Suite:
     def from_dict(cls, d: dict) -> "Suite":
         attacks = [AttackSpec(**a) for a in d["attacks"]]
         return cls(**{**d, "attacks": attacks})
-
-
-def jpeg_tables(model: nn.Module) -> dict | None:
-    """Quantisation steps of the model's first JPEG layer ({"luma": 8x8, "chroma": 8x8 or None}); None without one."""
-    layers = jpeg_layers(model)
-    if not layers:
-        return None
-    steps = layers[0].steps().detach().cpu()
-    return {"luma": steps[0].tolist(), "chroma": steps[1].tolist() if len(steps) > 1 else None}
 
 
 def suite_path(name_or_path: str | Path) -> Path:

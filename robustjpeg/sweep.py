@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from robustjpeg.attacks import FGSM, AttackSpec, Suite, jpeg_tables, load_suite
+from robustjpeg.attacks import FGSM, AttackSpec, Suite, load_suite
 from robustjpeg.errors import BadInput, ConfigError, RunFolderError
 from robustjpeg.io import config_hash, device_description, library_versions, read_json, resolve_device
-from robustjpeg.jpeg import jpeg_mode
+from robustjpeg.jpeg import jpeg_layers, jpeg_mode
 from robustjpeg.results import CellStore, cell_key, robust_record, worst_case, write_results, write_run, write_samples
 
 __all__ = ["Engine", "PassCounter", "load_suite", "reference_sweep", "run_sweep"]  # load_suite: one import for callers
@@ -298,6 +298,15 @@ def _validate(x: Tensor, y: Tensor) -> None:
     if torch.isnan(x).any() or x.min() < 0 or x.max() > 1:
         raise BadInput(f"images must lie in [0, 1] without NaN (got {float(x.min()):.3g}..{float(x.max()):.3g}); "
                        "put mean/std normalisation inside the model, not in the data")
+
+
+def jpeg_tables(model: nn.Module) -> dict | None:
+    """Quantisation steps of the model's first JPEG layer ({"luma": 8x8, "chroma": 8x8 or None}); None without one."""
+    layers = jpeg_layers(model)
+    if not layers:
+        return None
+    steps = layers[0].steps().detach().cpu()
+    return {"luma": steps[0].tolist(), "chroma": steps[1].tolist() if len(steps) > 1 else None}
 
 
 def _spent(engine: Engine) -> dict[str, int]:

@@ -1,0 +1,226 @@
+"""Report figures: robust accuracy against budget, clean against robust bars, JPEG step tables, trends.
+
+Figures are drawn on matplotlib's Agg canvas without pyplot, and seaborn styles are applied in a
+context, so drawing a report changes no global plotting state.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import LogNorm
+from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
+from matplotlib.figure import Figure
+
+from robustjpeg import formatting as fmt
+from robustjpeg.runs import Run
+
+FAIL_RED = "#c0392b"
+
+
+@contextmanager
+def _figure(width: float, height: float):
+    """A seaborn-styled, constrained-layout figure on the Agg canvas."""
+    import seaborn as sns
+
+    with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.9):
+        fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
+        FigureCanvasAgg(fig)
+        yield fig
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, facecolor="white")
+    return path
+
+
+def palette(labels: list[str]) -> dict[str, tuple]:
+    """One colour per model, the same in every figure of a report."""
+    import seaborn as sns
+
+    return dict(zip(labels, sns.color_palette("colorblind", max(len(labels), 1))))
+
+
+def _x(norm: str, eps: float) -> float:
+    return eps * 255 if norm == "Linf" else eps
+
+
+def _xlabel(norm: str) -> str:
+    return r"budget $\varepsilon$ ($L_\infty$, in units of 1/255)" if norm == "Linf" else r"budget $\varepsilon$ ($L_2$)"
+
+
+def _panels(runs: list[Run]) -> list[tuple[str, str, dict[str, list[dict]]]]:
+    """(title, norm, {run label: records sorted by eps}) for each attack, then the worst case per norm."""
+    attacks: dict[str, tuple[str, str]] = {}
+    for run in runs:
+        for cell in run.results["cells"]:
+            attacks.setdefault(cell["attack"], (cell.get("kind", cell["attack"]), cell["norm"]))
+    panels = []
+    for name, (kind, norm) in attacks.items():
+        title = name if kind == name else f"{name} ({kind})"
+        series = {r.label: [c for c in r.results["cells"] if c["attack"] == name] for r in runs}
+        panels.append((f"{title}, {norm}", norm, series))
+    norms = dict.fromkeys(w["norm"] for r in runs for w in r.results["worst_case"])
+    for norm in norms:
+        series = {r.label: [w for w in r.results["worst_case"] if w["norm"] == norm] for r in runs}
+        panels.append((f"worst case over attacks, {norm}", norm, series))
+    return [(t, norm, {k: sorted(v, key=lambda c: c["eps"]) for k, v in s.items() if v}) for t, norm, s in panels]
+
+
+def accuracy_curves(runs: list[Run], path: Path) -> Path:
+    """Robust accuracy against budget with 95% bands: one panel per attack, then the worst case."""
+    panels = _panels(runs)
+    colours = palette([r.label for r in runs])
+    ncols = min(3, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    with _figure(4.3 * ncols, 3.3 * nrows + 0.8) as fig:
+        axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False, sharey=True)).ravel()
+        for ax, (title, norm, series) in zip(axes, panels):
+            _curve_panel(ax, title, norm, series, colours, {r.standard_eps for r in runs} - {None})
+        for ax in axes[len(panels):]:
+            ax.set_visible(False)
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center", ncol=min(4, len(labels) or 1), frameon=False)
+        fig.suptitle(f"Robust accuracy against attack budget ({_data_line(runs)}); bands: 95% Wilson intervals")
+        return _save(fig, path)
+
+
+def _curve_panel(ax, title: str, norm: str, series: dict, colours: dict, standard: set[float]) -> None:
+    xs_all: set[float] = set()
+    for label, recs in series.items():
+        xs = [_x(norm, r["eps"]) for r in recs]
+        xs_all.update(xs)
+        ax.plot(xs, [100 * r["accuracy"] for r in recs], marker="o", ms=4, color=colours[label], label=label)
+        ax.fill_between(xs, [100 * r["ci95"][0] for r in recs], [100 * r["ci95"][1] for r in recs],
+                        color=colours[label], alpha=0.2, linewidth=0)
+    if norm == "Linf":
+        for eps in standard:
+            ax.axvline(_x(norm, eps), color="0.4", ls=":", lw=1)
+            ax.annotate("standard budget", (_x(norm, eps), 101), fontsize=7, color="0.35", ha="right",
+                        xytext=(-2, 0), textcoords="offset points", va="bottom")
+        ax.set_xticks(sorted(xs_all), [f"{x:g}" for x in sorted(xs_all)])
+    ax.set_title(title)
+    ax.set_xlabel(_xlabel(norm))
+    ax.set_ylabel("robust accuracy (%)")
+    ax.set_ylim(0, 108)
+    ax.set_yticks(range(0, 101, 20))
+    ax.set_xlim(left=min(xs_all, default=0))
+
+
+def _data_line(runs: list[Run]) -> str:
+    data = sorted({f"{r.dataset}, n={r.n}" for r in runs})
+    return "; ".join(data)
+
+
+def clean_vs_robust(runs: list[Run], path: Path) -> Path:
+    """Grouped bars of clean and worst-case robust accuracy at each run's standard budget, with 95% intervals."""
+    with _figure(max(5.0, 1.6 * len(runs) + 2.5), 4.2) as fig:
+        ax = fig.subplots()
+        width = 0.38
+        for i, run in enumerate(runs):
+            robust = run.worst_at("Linf", run.standard_eps) if run.standard_eps is not None else None
+            bars = [("clean", run.clean, "#9ecae1", -width / 2)]
+            if robust is not None:
+                bars.append(("robust", robust, "#08519c", width / 2))
+            for name, rec, colour, dx in bars:
+                _bar(ax, i + dx, width, rec, colour, name if i == 0 else None)
+        ax.set_xticks(range(len(runs)), [_bar_label(r) for r in runs])
+        for tick, run in zip(ax.get_xticklabels(), runs):
+            tick.set_color(FAIL_RED if run.unreliable else "black")
+        ax.set_ylim(0, 112)
+        ax.set_ylabel("accuracy (%)")
+        eps = sorted({fmt.budget("Linf", r.standard_eps) for r in runs if r.standard_eps is not None})
+        ax.set_title(f"Clean and robust accuracy at {', '.join(eps) or 'the standard budget'}\n"
+                     "(robust = worst case over all attacks; error bars: 95% Wilson intervals)", fontsize=10)
+        ax.legend(loc="upper right", frameon=True)
+        return _save(fig, path)
+
+
+def _bar(ax, x: float, width: float, rec: dict, colour: str, label: str | None) -> None:
+    acc = 100 * rec["accuracy"]
+    lo, hi = (100 * v for v in rec["ci95"])
+    ax.bar(x, acc, width, color=colour, label=label, yerr=[[acc - lo], [hi - acc]], capsize=3, ecolor="0.25")
+    ax.annotate(fmt.pct(rec["accuracy"]), (x, hi), xytext=(0, 2), textcoords="offset points", ha="center",
+                va="bottom", fontsize=8)
+
+
+def _bar_label(run: Run) -> str:
+    return f"{run.label}\n(unreliable: a check failed)" if run.unreliable else run.label
+
+
+def jpeg_tables(run: Run, standard: np.ndarray, quality: int, path: Path) -> Path:
+    """Heat maps of the learned luma/chroma step tables beside the standard JPEG tables at `quality`."""
+    import seaborn as sns
+
+    learned = run.jpeg_tables
+    rows = [("luma (Y)", learned["luma"], standard[0])]
+    if learned.get("chroma") is not None:
+        rows.append(("chroma (Cb, Cr)", learned["chroma"], standard[1]))
+    values = [np.asarray(t, dtype=float) for _, a, b in rows for t in (a, b)]
+    norm = LogNorm(vmin=max(min(v.min() for v in values), 1e-3), vmax=max(v.max() for v in values))
+    with _figure(9.0, 4.2 * len(rows) + 0.4) as fig:
+        axes = fig.subplots(len(rows), 2, squeeze=False)
+        for (name, mine, ref), pair in zip(rows, axes):
+            for ax, table, whose in zip(pair, (mine, ref), ("learned", f"standard JPEG, quality {quality}")):
+                table = np.asarray(table, dtype=float)
+                sns.heatmap(table, ax=ax, norm=norm, cmap="viridis", annot=True, fmt=_annot_fmt(table),
+                            annot_kws={"fontsize": 7}, square=True, cbar=False, linewidths=0.4, linecolor="white")
+                ax.set_title(f"{name}: {whose}", fontsize=10)
+                ax.set_xlabel("horizontal frequency u")
+                ax.set_ylabel("vertical frequency v")
+                ax.tick_params(axis="y", labelrotation=0)
+        bar = fig.colorbar(axes[0, 0].collections[0], ax=axes, shrink=0.7, label="quantisation step (log scale)")
+        ticks = [t for t in (1, 2, 5, 10, 20, 50, 100, 200) if norm.vmin <= t <= norm.vmax]
+        bar.set_ticks(ticks, labels=[str(t) for t in ticks])
+        bar.minorticks_off()
+        fig.suptitle(f"{run.label}: JPEG quantisation steps (larger step = coarser; DC at top left)")
+        return _save(fig, path)
+
+
+def _annot_fmt(table: np.ndarray) -> str:
+    return ".0f" if np.allclose(table, np.round(table)) else ".1f"
+
+
+def trend(series: dict[str, list[dict]], path: Path) -> Path:
+    """Clean and robust accuracy per model across history runs; regressions circled in red.
+
+    `series` maps a model label to its points {time, clean, robust, robust_label, regression} in time order.
+    """
+    colours = palette(list(series))
+    with _figure(11.0, 4.4) as fig:
+        axes = fig.subplots(1, 2, sharey=True)
+        for ax, field, title in zip(axes, ("clean", "robust"), ("clean accuracy", "robust accuracy (worst case)")):
+            for label, points in series.items():
+                _trend_line(ax, label, [p for p in points if p.get(field)], field, colours[label])
+            ax.set_title(title + ("" if field == "clean" else f" at {_robust_budgets(series)}"))
+            ax.set_ylabel("accuracy (%)")
+            ax.set_ylim(0, 105)
+            locator = AutoDateLocator()
+            ax.xaxis.set_major_locator(locator)
+            ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center", ncol=min(4, len(labels) or 1), frameon=False)
+        fig.suptitle("Accuracy across runs (error bars: 95% Wilson intervals; red circles: significant drops)")
+        return _save(fig, path)
+
+
+def _trend_line(ax, label: str, points: list[dict], field: str, colour) -> None:
+    times = [datetime.fromisoformat(p["time"]) for p in points]
+    accs = np.array([100 * p[field]["accuracy"] for p in points])
+    lo = np.array([100 * p[field]["ci95"][0] for p in points])
+    hi = np.array([100 * p[field]["ci95"][1] for p in points])
+    ax.errorbar(times, accs, yerr=[accs - lo, hi - accs], marker="o", ms=4, capsize=3, color=colour, label=label)
+    bad = [(t, a) for t, a, p in zip(times, accs, points) if field in p.get("regression", ())]
+    if bad:
+        ax.scatter(*zip(*bad), s=160, facecolors="none", edgecolors=FAIL_RED, linewidths=1.8, zorder=5)
+
+
+def _robust_budgets(series: dict[str, list[dict]]) -> str:
+    labels = sorted({p["robust_label"] for points in series.values() for p in points if p.get("robust_label")})
+    return ", ".join(labels) or "the standard budget"

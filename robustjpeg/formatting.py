@@ -44,6 +44,11 @@ def pvalue(p: float) -> str:
     return f"{p:.2g}"
 
 
+def when(iso: str | None) -> str:
+    """An ISO 8601 time cut to minutes: '2026-11-22T03:00:00+00:00' -> '2026-11-22 03:00'."""
+    return "n/a" if not iso else str(iso)[:16].replace("T", " ")
+
+
 def seconds(s: float | None) -> str:
     """Wall time as '1 h 02 min', '3 min 05 s' or '12.3 s'."""
     if s is None:

@@ -1,7 +1,7 @@
 """Run history for nightly jobs: one file per finished run, and the trend and regressions read back from them.
 
-Appending writes one new file named by the run's finishing time and a hash of its content, through a
-temporary file and a rename. Two runs finishing at once therefore write two different files and never
+Appending writes one new file named by the run's finishing time and a hash of its folder and content,
+through a temporary file and a rename. Two runs finishing at once therefore write two different files and never
 touch a shared index; the index is rebuilt by listing the folder on every read. Appending the same run
 twice rewrites the same file with the same content.
 """
@@ -34,7 +34,8 @@ def history_record(run: Run) -> dict:
     """What the history keeps of a run: its summary plus packed per-sample outcomes for paired trends."""
     samples = config_hash([run.outcomes.indices.tolist(), run.outcomes.labels.tolist()])
     time = str(run.facts.get("finished") or run.facts.get("started") or "")
-    return {"schema": SCHEMA, "id": config_hash([run.model, time, run.results]), "time": time,
+    identity = config_hash([str(run.path.resolve()), run.facts, run.results])
+    return {"schema": SCHEMA, "id": identity, "time": time,
             "model": run.model, "dataset": run.dataset, "n": run.n, "seed": run.facts.get("seed"),
             "suite": run.suite, "standard_eps": run.standard_eps, "unreliable": run.unreliable,
             "path": str(run.path.resolve()), "samples": samples, "clean": run.clean,
@@ -131,10 +132,10 @@ def history_section(history_dir: Path, png: Path) -> str:
     regressions = find_regressions(records)
     plots.trend(_series(records, regressions), png)
     models = len(_groups(records))
-    parts = [f"## History\n\n{len(records)} runs of {models} model(s), {records[0]['time']} to {records[-1]['time']}.",
+    parts = [f"## History\n\n{len(records)} runs of {models} model(s), {fmt.when(records[0]['time'])} to {fmt.when(records[-1]['time'])}.",
              f"![Accuracy across runs]({png.name})"]
     if regressions:
-        rows = [[g["model"], g["before"], g["after"], row_label(g), fmt.acc(g["a"]), fmt.acc(g["b"]),
+        rows = [[g["model"], fmt.when(g["before"]), fmt.when(g["after"]), row_label(g), fmt.acc(g["a"]), fmt.acc(g["b"]),
                  fmt.points(g["delta"]), fmt.pvalue(g["p"])] for g in regressions]
         header = ["model", "previous run", "run", "budget", "before", "after", "change (points)", "McNemar p"]
         parts.append("### Regressions\n\nSignificant drops (exact McNemar test, p < 0.05) between consecutive runs "

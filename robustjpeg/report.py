@@ -164,8 +164,8 @@ def _facts(runs: list[Run], out: Path) -> str:
             ["wall time"] + [fmt.seconds(r.facts.get("wall_time_s")) for r in runs],
             ["forward passes"] + [fmt.count((r.facts.get("passes") or {}).get("forward")) for r in runs],
             ["backward passes"] + [fmt.count((r.facts.get("passes") or {}).get("backward")) for r in runs],
-            ["started"] + [str(r.facts.get("started", "n/a")) for r in runs],
-            ["finished"] + [str(r.facts.get("finished", "n/a")) for r in runs],
+            ["started"] + [fmt.when(r.facts.get("started")) for r in runs],
+            ["finished"] + [fmt.when(r.facts.get("finished")) for r in runs],
             ["checkpoint sha256"] + [str((r.facts.get("model") or {}).get("sha256", "n/a"))[:16] for r in runs]]
     libraries = list(dict.fromkeys(k for r in runs for k in (r.facts.get("versions") or {})))
     rows += [[lib] + [str((r.facts.get("versions") or {}).get(lib, "n/a")) for r in runs] for lib in libraries]

@@ -29,7 +29,7 @@ def eps_text(norm: str, eps: float) -> str:
     """A budget without its norm: Linf budgets in /255 ('8/255') when they sit on a 0.1/255 grid."""
     if norm == "Linf":
         k = eps * 255
-        if abs(k * 10 - round(k * 10)) < 1e-6:
+        if abs(k * 10 - round(k * 10)) < 1e-4:
             return f"{round(k, 1):g}/255"
     return f"{eps:.4g}"
 

@@ -124,6 +124,10 @@ def _per_attack(runs: list[Run]) -> str:
         kind = cells[0].get("kind", name)
         title = name if kind == name else f"{name} (attack `{kind}`)"
         parts.append(f"### {title}\n\n" + _grid(runs, lambda r: [c for c in r.results["cells"] if c["attack"] == name]))
+    skipped = [f"- {r.label}: `{s.get('attack')}` was not run: {s.get('reason', 'no reason given')}"
+               for r in runs for s in r.results.get("skipped", [])]
+    if skipped:
+        parts.append("### Attacks not run\n\n" + "\n".join(skipped))
     return "\n\n".join(parts)
 
 

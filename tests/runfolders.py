@@ -77,8 +77,8 @@ def _results(model, dataset, n, clean, robust, worst, checks) -> dict:
             "clean": {key: v for key, v in _record(clean, "correct").items() if key != "n"},
             "cells": cells,
             "worst_case": [{"norm": norm, "eps": eps, **_record(ok, "robust")} for (norm, eps), ok in worst.items()],
-            "checks": checks, "suite": {"name": "quick", "norm": "Linf", "eps": LINF, "standard_eps": 8 / 255},
-            "standard_eps": 8 / 255}
+            "checks": checks, "suite": "quick", "standard_eps": 8 / 255, "eps": LINF, "l2_eps": L2,
+            "skipped": [{"attack": "transfer", "reason": "no transfer source model (pass --transfer-from CKPT)"}]}
 
 
 def _iterative_check(robust: dict) -> tuple:

@@ -19,6 +19,18 @@ from robustjpeg.runs import load_run
 MASKED = [("fgsm", "fgsm", "Linf", 1.0), ("pgd", "pgd", "Linf", 1.6), ("aa", "autoattack", "Linf", 1.2),
           ("cw", "cw", "L2", 1.0)]
 
+TINY_SUITE = """
+name = "tiny"
+description = "three budgets and short attacks: enough for a report test, not a robustness claim"
+norm = "Linf"
+eps = ["0", "2/255", "8/255"]
+standard_eps = "8/255"
+l2_eps = [0.0, 0.5, 1.0]
+attacks = [{name = "fgsm", kind = "fgsm"},
+           {name = "pgd", kind = "pgd", steps = 3, rel_stepsize = 2.5, random_start = true},
+           {name = "cw", kind = "cw", c = 1.0, steps = 5, lr = 0.01}]
+"""
+
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
@@ -46,8 +58,7 @@ def _model_columns(header: list[str]) -> dict[int, str]:
     return {i: re.sub(r" \(n=\d+\)$", "", h) for i, h in enumerate(header) if i > 0}
 
 
-def test_summary_table_matches_results_json(report):
-    path, results = report
+def _summary_matches(path, results: dict) -> None:
     summary = next(t for t in markdown_tables(path.read_text()) if t[0] == "Summary")
     assert {row[0] for row in summary[2]} == set(results)
     for row in summary[2]:
@@ -59,8 +70,7 @@ def test_summary_table_matches_results_json(report):
         _close(parse_accuracy(row[5]), worst)
 
 
-def test_budget_and_attack_tables_hold_every_result_cell(report):
-    path, results = report
+def _grids_match(path, results: dict) -> None:
     seen = set()
     for heading, header, rows in markdown_tables(path.read_text()):
         if header[0] != "budget":
@@ -85,12 +95,41 @@ def test_budget_and_attack_tables_hold_every_result_cell(report):
     assert seen == expected, f"cells missing from report.md: {sorted(expected - seen)[:5]}"
 
 
-def test_every_referenced_image_is_a_real_png(report):
-    path, _ = report
+def _images_are_real(path) -> None:
     images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", path.read_text())
     assert "accuracy-vs-budget.png" in images and "clean-vs-robust.png" in images
     for name in images:
         assert_real_png(path.parent / name)
+
+
+def test_summary_table_matches_results_json(report):
+    _summary_matches(*report)
+
+
+def test_budget_and_attack_tables_hold_every_result_cell(report):
+    _grids_match(*report)
+
+
+def test_every_referenced_image_is_a_real_png(report):
+    _images_are_real(report[0])
+
+
+def test_report_of_a_real_sweep_matches_its_results(tmp_path):
+    pytest.importorskip("robustjpeg.sweep", reason="the sweep engine writes the real run folders")
+    models = pytest.importorskip("sweep_models", reason="the sweep tests' tiny MNIST model")
+    from robustjpeg.attacks import load_suite
+    from robustjpeg.sweep import run_sweep
+
+    (tmp_path / "tiny.toml").write_text(TINY_SUITE)
+    x, y = models.mnist_digits()
+    idx = models.split()[1].nonzero().squeeze(1)[::20]
+    run_sweep(models.trained_cnn(), x[idx], y[idx], load_suite(tmp_path / "tiny.toml"), tmp_path / "run",
+              progress=False, indices=idx, dataset="mnist5k", model_info={"name": "tiny-cnn"})
+    path = write_report([tmp_path / "run"], tmp_path / "report")
+    results = {"tiny-cnn": json.loads((tmp_path / "run" / "results.json").read_text())}
+    _summary_matches(path, results)
+    _grids_match(path, results)
+    _images_are_real(path)
 
 
 def test_check_table_fails_masked_run_and_passes_clean_one(report):

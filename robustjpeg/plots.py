@@ -40,11 +40,16 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
-def palette(labels: list[str]) -> dict[str, tuple]:
-    """One colour per model, the same in every figure of a report."""
+MARKERS, LINES = "osD^v<>p", ["-", "--", "-.", ":"]
+
+
+def styles(labels: list[str]) -> dict[str, dict]:
+    """One colour, marker and line style per model, the same in every figure, so overlapping curves stay apart."""
     import seaborn as sns
 
-    return dict(zip(labels, sns.color_palette("colorblind", max(len(labels), 1))))
+    colours = sns.color_palette("colorblind", max(len(labels), 1))
+    return {label: {"color": colours[i], "marker": MARKERS[i % len(MARKERS)], "ls": LINES[i % len(LINES)]}
+            for i, label in enumerate(labels)}
 
 
 def _x(norm: str, eps: float) -> float:
@@ -76,7 +81,7 @@ def _panels(runs: list[Run]) -> list[tuple[str, str, dict[str, list[dict]]]]:
 def accuracy_curves(runs: list[Run], path: Path) -> Path:
     """Robust accuracy against budget with 95% bands: one panel per attack, then the worst case."""
     panels = _panels(runs)
-    colours = palette([r.label for r in runs])
+    colours = styles([r.label for r in runs])
     ncols = min(3, len(panels))
     nrows = math.ceil(len(panels) / ncols)
     with _figure(4.3 * ncols, 3.3 * nrows + 0.8) as fig:
@@ -96,21 +101,29 @@ def _curve_panel(ax, title: str, norm: str, series: dict, colours: dict, standar
     for label, recs in series.items():
         xs = [_x(norm, r["eps"]) for r in recs]
         xs_all.update(xs)
-        ax.plot(xs, [100 * r["accuracy"] for r in recs], marker="o", ms=4, color=colours[label], label=label)
+        ax.plot(xs, [100 * r["accuracy"] for r in recs], ms=5, label=label, **colours[label])
         ax.fill_between(xs, [100 * r["ci95"][0] for r in recs], [100 * r["ci95"][1] for r in recs],
-                        color=colours[label], alpha=0.2, linewidth=0)
+                        color=colours[label]["color"], alpha=0.15, linewidth=0)
     if norm == "Linf":
+        _budget_axis(ax, sorted(xs_all))
         for eps in standard:
             ax.axvline(_x(norm, eps), color="0.4", ls=":", lw=1)
             ax.annotate("standard budget", (_x(norm, eps), 101), fontsize=7, color="0.35", ha="right",
                         xytext=(-2, 0), textcoords="offset points", va="bottom")
-        ax.set_xticks(sorted(xs_all), [f"{x:g}" for x in sorted(xs_all)])
     ax.set_title(title)
     ax.set_xlabel(_xlabel(norm))
     ax.set_ylabel("robust accuracy (%)")
     ax.set_ylim(0, 108)
     ax.set_yticks(range(0, 101, 20))
-    ax.set_xlim(left=min(xs_all, default=0))
+
+
+def _budget_axis(ax, xs: list[float]) -> None:
+    """Ticks at the grid's budgets; a grid spanning 16x or more gets a symlog axis so small budgets stay apart."""
+    positive = [x for x in xs if x > 0]
+    if positive and max(positive) / min(positive) >= 16:
+        ax.set_xscale("symlog", linthresh=min(positive), linscale=0.6)
+    ax.set_xticks(xs, [f"{x:g}" for x in xs])
+    ax.minorticks_off()
 
 
 def _data_line(runs: list[Run]) -> str:
@@ -133,12 +146,12 @@ def clean_vs_robust(runs: list[Run], path: Path) -> Path:
         ax.set_xticks(range(len(runs)), [_bar_label(r) for r in runs])
         for tick, run in zip(ax.get_xticklabels(), runs):
             tick.set_color(FAIL_RED if run.unreliable else "black")
-        ax.set_ylim(0, 112)
+        ax.set_ylim(0, 108)
         ax.set_ylabel("accuracy (%)")
         eps = sorted({fmt.budget("Linf", r.standard_eps) for r in runs if r.standard_eps is not None})
         ax.set_title(f"Clean and robust accuracy at {', '.join(eps) or 'the standard budget'}\n"
                      "(robust = worst case over all attacks; error bars: 95% Wilson intervals)", fontsize=10)
-        ax.legend(loc="upper right", frameon=True)
+        fig.legend(loc="outside lower center", ncol=2, frameon=False)
         return _save(fig, path)
 
 
@@ -192,7 +205,7 @@ def trend(series: dict[str, list[dict]], path: Path) -> Path:
 
     `series` maps a model label to its points {time, clean, robust, robust_label, regression} in time order.
     """
-    colours = palette(list(series))
+    colours = styles(list(series))
     with _figure(11.0, 4.4) as fig:
         axes = fig.subplots(1, 2, sharey=True)
         for ax, field, title in zip(axes, ("clean", "robust"), ("clean accuracy", "robust accuracy (worst case)")):
@@ -210,12 +223,12 @@ def trend(series: dict[str, list[dict]], path: Path) -> Path:
         return _save(fig, path)
 
 
-def _trend_line(ax, label: str, points: list[dict], field: str, colour) -> None:
+def _trend_line(ax, label: str, points: list[dict], field: str, colour: dict) -> None:
     times = [datetime.fromisoformat(p["time"]) for p in points]
     accs = np.array([100 * p[field]["accuracy"] for p in points])
     lo = np.array([100 * p[field]["ci95"][0] for p in points])
     hi = np.array([100 * p[field]["ci95"][1] for p in points])
-    ax.errorbar(times, accs, yerr=[accs - lo, hi - accs], marker="o", ms=4, capsize=3, color=colour, label=label)
+    ax.errorbar(times, accs, yerr=[accs - lo, hi - accs], ms=5, capsize=3, label=label, **colour)
     bad = [(t, a) for t, a, p in zip(times, accs, points) if field in p.get("regression", ())]
     if bad:
         ax.scatter(*zip(*bad), s=160, facecolors="none", edgecolors=FAIL_RED, linewidths=1.8, zorder=5)

@@ -17,7 +17,7 @@ from robustjpeg import formatting as fmt
 from robustjpeg.compare import paired_change, row_label, significant
 from robustjpeg.errors import RunFolderError
 from robustjpeg.io import atomic_write_json, config_hash, read_json
-from robustjpeg.runs import Run, load_run
+from robustjpeg.runs import Run, load_run, record_at
 
 SCHEMA = "robustjpeg.history/1"
 
@@ -84,8 +84,7 @@ def _paired_rows(before: dict, after: dict) -> list[dict]:
     rows = [{"scope": "clean", "attack": None, "norm": None, "eps": None,
              **paired_change(_unbits(before["outcomes"]["clean"], n), _unbits(after["outcomes"]["clean"], n))}]
     for cell in after["outcomes"]["worst"]:
-        old = next((c for c in before["outcomes"]["worst"]
-                    if c["norm"] == cell["norm"] and np.isclose(c["eps"], cell["eps"])), None)
+        old = record_at(before["outcomes"]["worst"], cell["norm"], cell["eps"])
         if old is not None:
             rows.append({"scope": "worst case", "attack": None, "norm": cell["norm"], "eps": cell["eps"],
                          **paired_change(_unbits(old["bits"], n), _unbits(cell["bits"], n))})
@@ -112,10 +111,10 @@ def _series(records: list[dict], regressions: list[dict]) -> dict[str, list[dict
         points = []
         for r in group:
             eps = r.get("standard_eps")
-            robust = next((w for w in r["worst_case"] if eps is not None and w["norm"] == "Linf"
-                           and np.isclose(w["eps"], eps)), None)
-            flagged = {("clean" if g["scope"] == "clean" else "robust") for g in regressions
-                       if g["id"] == r["id"] and (g["scope"] == "clean" or np.isclose(g["eps"], eps or -1))}
+            robust = record_at(r["worst_case"], "Linf", eps)
+            mine = [g for g in regressions if g["id"] == r["id"]]
+            flagged = {"clean" for g in mine if g["scope"] == "clean"}
+            flagged |= {"robust" for g in mine if robust is not None and record_at([g], "Linf", eps) is not None}
             points.append({"time": r["time"], "clean": r["clean"], "robust": robust,
                            "robust_label": fmt.budget("Linf", eps) if robust else None, "regression": flagged})
         series[label] = points

@@ -137,7 +137,7 @@ def clean_vs_robust(runs: list[Run], path: Path) -> Path:
         ax = fig.subplots()
         width = 0.38
         for i, run in enumerate(runs):
-            robust = run.worst_at("Linf", run.standard_eps) if run.standard_eps is not None else None
+            robust = run.robust_standard
             bars = [("clean", run.clean, "#9ecae1", -width / 2)]
             if robust is not None:
                 bars.append(("robust", robust, "#08519c", width / 2))

@@ -10,7 +10,7 @@ import numpy as np
 from robustjpeg import formatting as fmt
 from robustjpeg import plots
 from robustjpeg.io import atomic_write_json, atomic_write_text
-from robustjpeg.runs import Run, load_runs
+from robustjpeg.runs import Run, load_runs, record_at
 
 AUTOATTACK_KINDS = ("autoattack",)  # the official AutoAttack (pyautoattack); torchattacks' 10-step copy is not one
 CURVES, BARS, TREND = "accuracy-vs-budget.png", "clean-vs-robust.png", "trend.png"
@@ -66,10 +66,6 @@ def _warning(runs: list[Run]) -> str:
             "so the robust accuracies of these models cannot be trusted.")
 
 
-def _standard(run: Run) -> dict | None:
-    return run.worst_at("Linf", run.standard_eps) if run.standard_eps is not None else None
-
-
 def _check_summary(run: Run) -> str:
     counts = {s: sum(c.get("status") == s for c in run.checks) for s in ("PASS", "WARN", "FAIL", "SKIP")}
     text = ", ".join(f"{k} {s}" for s, k in counts.items() if k)
@@ -79,7 +75,7 @@ def _check_summary(run: Run) -> str:
 def _summary(runs: list[Run]) -> str:
     rows = []
     for run in runs:
-        robust = _standard(run)
+        robust = run.robust_standard
         rows.append([run.label, run.dataset, str(run.n), fmt.acc(run.clean),
                      fmt.budget("Linf", run.standard_eps) if run.standard_eps is not None else "—",
                      fmt.acc(robust, run.n) if robust else "—", _check_summary(run)])
@@ -91,14 +87,10 @@ def _budgets(records: list[dict]) -> list[tuple[str, float]]:
     """Distinct (norm, eps) pairs in first-seen norm order, budgets ascending within a norm."""
     keys: list[tuple[str, float]] = []
     for rec in records:
-        if not any(k[0] == rec["norm"] and np.isclose(k[1], rec["eps"]) for k in keys):
+        if record_at([{"norm": k[0], "eps": k[1]} for k in keys], rec["norm"], rec["eps"]) is None:
             keys.append((rec["norm"], float(rec["eps"])))
     norms = list(dict.fromkeys(k[0] for k in keys))
     return sorted(keys, key=lambda k: (norms.index(k[0]), k[1]))
-
-
-def _lookup(records: list[dict], norm: str, eps: float) -> dict | None:
-    return next((r for r in records if r["norm"] == norm and np.isclose(r["eps"], eps)), None)
 
 
 def _grid(runs: list[Run], records_of, rows: list[list[str]] | None = None) -> str:
@@ -106,7 +98,7 @@ def _grid(runs: list[Run], records_of, rows: list[list[str]] | None = None) -> s
     keys = _budgets([rec for run in runs for rec in records_of(run)])
     rows = list(rows or [])
     for norm, eps in keys:
-        found = [_lookup(records_of(run), norm, eps) for run in runs]
+        found = [record_at(records_of(run), norm, eps) for run in runs]
         rows.append([fmt.budget(norm, eps)] + [fmt.acc(rec, run.n) if rec else "—" for rec, run in zip(found, runs)])
     return fmt.table(["budget"] + [f"{r.label} (n={r.n})" for r in runs], rows)
 
@@ -183,14 +175,13 @@ def robustbench_entry(run: Run) -> dict:
              "clean_acc": fmt.pct(run.results["clean"]["accuracy"], 2), "n": run.n, "suite": run.suite,
              "seed": run.facts.get("seed"), "unreliable": run.unreliable,
              "failed_checks": [c.get("name") for c in run.checks if c.get("status") == "FAIL"]}
-    robust = _standard(run)
+    robust = run.robust_standard
     if robust is not None:
         entry["robust_acc"] = fmt.pct(robust["accuracy"], 2)
         entry["robust_acc_ci95"] = [fmt.pct(v, 2) for v in robust["ci95"]]
-    auto = [c for c in run.results["cells"] if c.get("kind") in AUTOATTACK_KINDS and c["norm"] == "Linf"
-            and run.standard_eps is not None and np.isclose(c["eps"], run.standard_eps)]
-    if auto:
-        entry["autoattack_acc"] = fmt.pct(auto[0]["accuracy"], 2)
+    auto = record_at([c for c in run.results["cells"] if c.get("kind") in AUTOATTACK_KINDS], "Linf", run.standard_eps)
+    if auto is not None:
+        entry["autoattack_acc"] = fmt.pct(auto["accuracy"], 2)
     return entry
 
 

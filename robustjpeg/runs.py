@@ -82,9 +82,14 @@ class Run:
     def jpeg_tables(self) -> dict | None:
         return (self.facts.get("model") or {}).get("jpeg_tables")
 
-    def worst_at(self, norm: str, eps: float) -> dict | None:
+    @property
+    def robust_standard(self) -> dict | None:
+        """Worst-case robust accuracy at the suite's standard Linf budget (the headline figure), if it ran."""
+        return self.worst_at("Linf", self.standard_eps)
+
+    def worst_at(self, norm: str, eps: float | None) -> dict | None:
         """The worst-case record at one budget, or None when the run has no such budget."""
-        return next((w for w in self.results["worst_case"] if w["norm"] == norm and np.isclose(w["eps"], eps)), None)
+        return record_at(self.results["worst_case"], norm, eps)
 
 
 def load_run(path: Path, label: str = "") -> Run:
@@ -151,3 +156,10 @@ def find(table: dict, *key) -> np.ndarray | None:
     """Look up per-sample outcomes by (…, eps), matching the budget with float tolerance."""
     *head, eps = key
     return next((v for k, v in table.items() if list(k[:-1]) == head and np.isclose(k[-1], eps)), None)
+
+
+def record_at(records: list[dict], norm: str | None, eps: float | None) -> dict | None:
+    """The first record at budget (norm, eps), matching the budget with float tolerance; None if absent."""
+    if norm is None or eps is None:
+        return None
+    return next((r for r in records if r["norm"] == norm and np.isclose(r["eps"], eps)), None)

@@ -7,6 +7,7 @@ context, so drawing a report changes no global plotting state.
 from __future__ import annotations
 
 import math
+import re
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -82,7 +83,7 @@ def accuracy_curves(runs: list[Run], path: Path) -> Path:
     """Robust accuracy against budget with 95% bands: one panel per attack, then the worst case."""
     panels = _panels(runs)
     colours = styles([r.label for r in runs])
-    ncols = min(3, len(panels))
+    ncols = 2 if len(panels) in (2, 4) else min(3, len(panels))
     nrows = math.ceil(len(panels) / ncols)
     with _figure(4.3 * ncols, 3.3 * nrows + 0.8) as fig:
         axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False, sharey=True)).ravel()
@@ -144,6 +145,7 @@ def clean_vs_robust(runs: list[Run], path: Path) -> Path:
             for name, rec, colour, dx in bars:
                 _bar(ax, i + dx, width, rec, colour, name if i == 0 else None)
         ax.set_xticks(range(len(runs)), [_bar_label(r) for r in runs])
+        ax.grid(axis="x", visible=False)
         for tick, run in zip(ax.get_xticklabels(), runs):
             tick.set_color(FAIL_RED if run.unreliable else "black")
         ax.set_ylim(0, 108)
@@ -163,8 +165,13 @@ def _bar(ax, x: float, width: float, rec: dict, colour: str, label: str | None) 
                 va="bottom", fontsize=8)
 
 
-def _bar_label(run: Run) -> str:
-    return f"{run.label}\n(unreliable: a check failed)" if run.unreliable else run.label
+def _bar_label(run: Run, width: int = 18) -> str:
+    """The model label wrapped at hyphens to fit under its bars, flagged when a check failed."""
+    lines = [""]
+    for part in re.split(r"(?<=-)", run.label):
+        lines[-1:] = [lines[-1] + part] if len(lines[-1] + part) <= width or not lines[-1] else [lines[-1], part]
+    text = "\n".join(lines)
+    return f"{text}\n(unreliable: a check failed)" if run.unreliable else text
 
 
 def jpeg_tables(run: Run, standard: np.ndarray, quality: int, path: Path) -> Path:

@@ -172,17 +172,19 @@ def robustbench_entry(run: Run) -> dict:
     """RobustBench-style model card: percentages as strings with two decimals, plus our reliability fields."""
     entry = {"name": run.label, "model": run.model, "dataset": run.dataset, "threat_model": "Linf",
              "eps": fmt.eps_text("Linf", run.standard_eps) if run.standard_eps is not None else None,
-             "clean_acc": fmt.pct(run.results["clean"]["accuracy"], 2), "n": run.n, "suite": run.suite,
-             "seed": run.facts.get("seed"), "unreliable": run.unreliable,
+             **_card_accuracy("clean_acc", run.clean), "n": run.n, "suite": run.suite, "seed": run.facts.get("seed"),
+             "unreliable": run.unreliable,
              "failed_checks": [c.get("name") for c in run.checks if c.get("status") == "FAIL"]}
-    robust = run.robust_standard
-    if robust is not None:
-        entry["robust_acc"] = fmt.pct(robust["accuracy"], 2)
-        entry["robust_acc_ci95"] = [fmt.pct(v, 2) for v in robust["ci95"]]
+    if run.robust_standard is not None:
+        entry.update(_card_accuracy("robust_acc", run.robust_standard))
     auto = record_at([c for c in run.results["cells"] if c.get("kind") in AUTOATTACK_KINDS], "Linf", run.standard_eps)
     if auto is not None:
-        entry["autoattack_acc"] = fmt.pct(auto["accuracy"], 2)
+        entry.update(_card_accuracy("autoattack_acc", auto))
     return entry
+
+
+def _card_accuracy(name: str, record: dict) -> dict:
+    return {name: fmt.pct(record["accuracy"], 2), f"{name}_ci95": [fmt.pct(v, 2) for v in record["ci95"]]}
 
 
 def _write_robustbench(run: Run, out: Path) -> str:

@@ -107,6 +107,7 @@ def load_run(path: Path, label: str = "") -> Run:
     missing = [k for k in _RESULTS_KEYS if k not in results]
     _require(not missing, path / "results.json", f"lacks the fields {missing}")
     outcomes = _load_outcomes(path / "samples.npz", int(results["n"]))
+    _agree(results, outcomes, path)
     return Run(path=path, facts=facts, results=results, outcomes=outcomes, label=label or str(results["model"]))
 
 
@@ -140,6 +141,21 @@ def _load_outcomes(path: Path, n: int) -> Outcomes:
     cells = {_cell_key(k): row.astype(bool) for k, row in zip(arrays["cell_keys"], arrays["robust"])}
     worst = {_worst_key(k): row.astype(bool) for k, row in zip(arrays["worst_keys"], arrays["worst"])}
     return Outcomes(arrays["indices"], arrays["labels"], arrays["clean_correct"].astype(bool), cells, worst)
+
+
+def _agree(results: dict, outcomes: Outcomes, path: Path) -> None:
+    """results.json counts must equal the per-sample outcomes they summarise, or the folder mixes two runs."""
+    pairs = [("clean", results["clean"].get("correct"), outcomes.clean)]
+    pairs += [(f"{c['attack']} {c['norm']} {c['eps']:.6g}", c.get("robust"),
+               find(outcomes.cells, c["attack"], c["norm"], c["eps"]))
+              for c in results["cells"]]
+    pairs += [(f"worst case {w['norm']} {w['eps']:.6g}", w.get("robust"), find(outcomes.worst, w["norm"], w["eps"]))
+              for w in results["worst_case"]]
+    for what, count, ok in pairs:
+        _require(ok is not None, path / "samples.npz", f"has no per-sample outcomes for {what}; rerun the sweep")
+        _require(count is None or int(count) == int(ok.sum()), path,
+                 f"results.json says {count} for {what} but samples.npz holds {int(ok.sum())}; "
+                 "the files come from different runs: rerun the sweep into a fresh folder")
 
 
 def _cell_key(text) -> tuple[str, str, float]:

@@ -191,6 +191,14 @@ def test_partial_and_truncated_runs_are_refused_with_the_fix(tmp_path):
         load_run(run)
 
 
+def test_results_and_samples_from_different_runs_are_refused(tmp_path):
+    run = make_run(tmp_path / "run", n=40, attacks=ATTACKS[:2])
+    other = make_run(tmp_path / "other", n=40, attacks=ATTACKS[:2], scale=1 / 255)
+    (run / "samples.npz").write_bytes((other / "samples.npz").read_bytes())
+    with pytest.raises(RunFolderError, match="different runs"):
+        load_run(run)
+
+
 def test_cli_report_writes_report(tmp_path, capsys):
     run = make_run(tmp_path / "run", n=40, attacks=ATTACKS[:2])
     assert main(["report", str(run), "-o", str(tmp_path / "out")]) == EXIT_OK

@@ -17,6 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm
 from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from robustjpeg import formatting as fmt
 from robustjpeg.runs import Run
@@ -51,6 +52,12 @@ def styles(labels: list[str]) -> dict[str, dict]:
     colours = sns.color_palette("colorblind", max(len(labels), 1))
     return {label: {"color": colours[i], "marker": MARKERS[i % len(MARKERS)], "ls": LINES[i % len(LINES)]}
             for i, label in enumerate(labels)}
+
+
+def _legend(fig: Figure, models: dict[str, dict]) -> None:
+    """One legend under the panels naming every model, whether or not the first panel shows it."""
+    handles = [Line2D([], [], ms=5, label=label, **style) for label, style in models.items()]
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(4, len(handles) or 1), frameon=False)
 
 
 def _x(norm: str, eps: float) -> float:
@@ -91,8 +98,7 @@ def accuracy_curves(runs: list[Run], path: Path) -> Path:
             _curve_panel(ax, title, norm, series, colours, {r.standard_eps for r in runs} - {None})
         for ax in axes[len(panels):]:
             ax.set_visible(False)
-        handles, labels = axes[0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="outside lower center", ncol=min(4, len(labels) or 1), frameon=False)
+        _legend(fig, colours)
         fig.suptitle(f"Robust accuracy against attack budget ({_data_line(runs)}); bands: 95% Wilson intervals")
         return _save(fig, path)
 
@@ -224,8 +230,7 @@ def trend(series: dict[str, list[dict]], path: Path) -> Path:
             locator = AutoDateLocator(minticks=3, maxticks=7)
             ax.xaxis.set_major_locator(locator)
             ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
-        handles, labels = axes[0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="outside lower center", ncol=min(4, len(labels) or 1), frameon=False)
+        _legend(fig, colours)
         fig.suptitle("Accuracy across runs (error bars: 95% Wilson intervals; red circles: significant drops)")
         return _save(fig, path)
 

@@ -136,11 +136,39 @@ def _run_compare(args: argparse.Namespace) -> int:
 # --- bench ---------------------------------------------------------------------------------------
 
 def _add_bench(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", nargs="?", type=Path, default=None, metavar="FILE",
+                   help="benchmark TOML file (default: the embedded quick benchmark on mnist5k)")
     _common(p, evaluates=True, suite=True)
+    p.set_defaults(seed=None)
+    p.add_argument("--history", type=Path, default=None, metavar="DIR", help="history folder (overrides the file)")
+    p.add_argument("--fail-on-drop", type=float, default=None, metavar="POINTS",
+                   help=f"exit {EXIT_REGRESSION} when a robust or clean accuracy drops by more than POINTS "
+                        "against the previous run in the history (McNemar p < 0.05)")
+    p.epilog = (f"exit codes: {EXIT_OK} all well, {EXIT_CRASH} crash, {EXIT_USAGE} bad input, "
+                f"{EXIT_REGRESSION} regression against the history, {EXIT_CHECK_FAILED} a sanity check failed")
 
 
 def _run_bench(args: argparse.Namespace) -> int:
-    raise ConfigError("bench is not available yet")
+    from dataclasses import replace
+
+    from robustjpeg.bench import load_benchmark, run_benchmark
+
+    bench = load_benchmark(args.file)
+    overrides = {"seed": args.seed, "num_examples": args.num_examples, "history": args.history,
+                 "fail_on_drop": args.fail_on_drop}
+    bench = replace(bench, **{k: v for k, v in overrides.items() if v is not None})
+    out = args.out or bench.out or Path("runs") / bench.name
+    suites = [args.suite] if args.suite else None
+    outcome = run_benchmark(bench, out, device=args.device, suites=suites, eps=args.eps)
+    print(outcome.report)
+    for r in outcome.regressions:
+        print(f"regression: {r['model']} {r['scope']} {r.get('norm') or ''} {r.get('eps') or ''}: "
+              f"{100 * r['delta']:+.1f} points (p = {r['p']:.3g})", file=sys.stderr)
+    for name in outcome.failed_checks:
+        print(f"failed sanity check: {name}", file=sys.stderr)
+    if outcome.regressions:
+        return EXIT_REGRESSION
+    return EXIT_CHECK_FAILED if outcome.failed_checks else EXIT_OK
 
 
 COMMANDS = {

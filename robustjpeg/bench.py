@@ -1,0 +1,282 @@
+"""The whole benchmark from one TOML file: train what needs training, sweep every model, report, compare.
+
+A benchmark file has three parts::
+
+    [benchmark]                 # name, seed, num_examples, suites, out, history, fail_on_drop, batch_size
+    [data]                      # dataset, root, download
+    [[models]]                  # name, and either train = {TrainConfig fields} or load = {load_model options};
+                                # optional suites (override) and transfer_from (another model's name)
+
+Every stage is resumable: a trained model is reused when its recipe, data and seed are unchanged (the
+checkpoint folder is keyed by a hash of them), and sweeps resume cell by cell.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+import tomllib
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from robustjpeg.errors import ConfigError
+from robustjpeg.io import config_hash
+
+DEFAULT_FILE = Path(__file__).resolve().parent / "suites" / "bench-quick.toml"
+SECTION_KEYS = {
+    "benchmark": {"name", "seed", "num_examples", "suites", "out", "history", "fail_on_drop", "batch_size",
+                  "description"},
+    "data": {"dataset", "root", "download"},
+    "models": {"name", "train", "load", "suites", "transfer_from"},
+}
+
+
+@dataclass
+class ModelEntry:
+    """One model of a benchmark: trained from a recipe, or loaded from a checkpoint."""
+
+    name: str
+    train: dict | None = None
+    load: dict | None = None
+    suites: list[str] | None = None
+    transfer_from: str | None = None
+
+
+@dataclass
+class Benchmark:
+    """A parsed, validated benchmark file."""
+
+    name: str
+    path: Path
+    dataset: str
+    models: list[ModelEntry]
+    suites: list[str] = field(default_factory=lambda: ["quick"])
+    seed: int = 0
+    num_examples: int | None = 500
+    data_root: str | None = None
+    download: bool = False
+    out: Path | None = None
+    history: Path | None = None
+    fail_on_drop: float | None = None
+    batch_size: int = 256
+
+
+def _check_keys(table: dict, allowed: set[str], where: str, path: Path) -> None:
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)} in {where}; allowed: {', '.join(sorted(allowed))}")
+
+
+def _typed(value: Any, kind: type | tuple, key: str, path: Path) -> Any:
+    if value is not None and not isinstance(value, kind) or isinstance(value, bool) and kind in (int, float, (int, float)):
+        raise ConfigError(f"{path}: {key} = {value!r} has the wrong type")
+    return value
+
+
+def _path(value: str | None) -> Path | None:
+    """Paths in a benchmark file are relative to the folder the command runs in, like paths on the CLI."""
+    return None if value is None else Path(value).expanduser()
+
+
+def _parse_model(entry: dict, i: int, path: Path) -> ModelEntry:
+    where = f"[[models]] #{i + 1}"
+    _check_keys(entry, SECTION_KEYS["models"], where, path)
+    if "name" not in entry:
+        raise ConfigError(f"{path}: {where} needs a name")
+    if ("train" in entry) == ("load" in entry):
+        raise ConfigError(f"{path}: model {entry['name']!r} needs exactly one of train = {{...}} or load = {{...}}")
+    for key in ("train", "load"):
+        _typed(entry.get(key), dict, f"{entry['name']}.{key}", path)
+    return ModelEntry(name=entry["name"], train=entry.get("train"), load=entry.get("load"),
+                      suites=entry.get("suites"), transfer_from=entry.get("transfer_from"))
+
+
+def load_benchmark(path: Path | str | None = None) -> Benchmark:
+    """Read and validate a benchmark file (the embedded quick benchmark when path is None)."""
+    path = Path(path) if path is not None else DEFAULT_FILE
+    if not path.is_file():
+        raise ConfigError(f"benchmark file {path} not found; give a path such as attacks/jpeg-cifar10.toml")
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
+    _check_keys(doc, set(SECTION_KEYS), "the top level", path)
+    head, data = doc.get("benchmark", {}), doc.get("data", {})
+    _check_keys(head, SECTION_KEYS["benchmark"], "[benchmark]", path)
+    _check_keys(data, SECTION_KEYS["data"], "[data]", path)
+    if "dataset" not in data:
+        raise ConfigError(f"{path}: [data] needs dataset = NAME (e.g. mnist5k, cifar10, imagefolder:PATH)")
+    models = [_parse_model(m, i, path) for i, m in enumerate(doc.get("models", []))]
+    if not models:
+        raise ConfigError(f"{path}: no [[models]] entries; add at least one model to train or load")
+    bench = Benchmark(
+        name=_typed(head.get("name", path.stem), str, "benchmark.name", path), path=path,
+        dataset=data["dataset"], models=models,
+        suites=_typed(head.get("suites", ["quick"]), list, "benchmark.suites", path),
+        seed=_typed(head.get("seed", 0), int, "benchmark.seed", path),
+        num_examples=_typed(head.get("num_examples", 500), int, "benchmark.num_examples", path),
+        data_root=data.get("root"), download=bool(data.get("download", False)),
+        out=_path(head.get("out")), history=_path(head.get("history")),
+        fail_on_drop=_typed(head.get("fail_on_drop"), (int, float), "benchmark.fail_on_drop", path),
+        batch_size=_typed(head.get("batch_size", 256), int, "benchmark.batch_size", path))
+    _check_models(bench)
+    return bench
+
+
+def _check_models(bench: Benchmark) -> None:
+    names = [m.name for m in bench.models]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{bench.path}: model names must be unique, got {names}")
+    for m in bench.models:
+        if m.transfer_from is not None and m.transfer_from not in names:
+            raise ConfigError(f"{bench.path}: model {m.name!r} has transfer_from = {m.transfer_from!r}, "
+                              f"which is not one of {names}")
+    if bench.num_examples is not None and bench.num_examples <= 0:
+        raise ConfigError(f"{bench.path}: benchmark.num_examples must be positive")
+
+
+class Log:
+    """Line-based progress: one timestamped line per step, readable in a nightly log."""
+
+    def __init__(self, stream=sys.stderr) -> None:
+        self.stream = stream
+        self.t0 = time.perf_counter()
+
+    def __call__(self, message: str) -> None:
+        elapsed = time.perf_counter() - self.t0
+        print(f"[bench {datetime.now():%H:%M:%S} +{elapsed:6.1f}s] {message}", file=self.stream, flush=True)
+
+
+def train_config(bench: Benchmark, entry: ModelEntry, device: str):
+    """The TrainConfig of a model entry; the benchmark's dataset and seed apply unless the entry sets them."""
+    from robustjpeg.train import TrainConfig
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(entry.train) - fields)
+    if unknown:
+        raise ConfigError(f"{bench.path}: model {entry.name!r}: unknown train key(s) {', '.join(unknown)}; "
+                          f"allowed: {', '.join(sorted(fields - {'extra'}))}")
+    values = {"dataset": bench.dataset, "seed": bench.seed, "data_root": bench.data_root, "download": bench.download,
+              "device": device, **entry.train}
+    if isinstance(values.get("milestones"), list):
+        values["milestones"] = tuple(values["milestones"])
+    return TrainConfig(**values)
+
+
+def ensure_trained(bench: Benchmark, entry: ModelEntry, models_dir: Path, device: str, log: Log) -> Path:
+    """Train a model unless a finished checkpoint of the same recipe exists; return the checkpoint path."""
+    from robustjpeg.train import read_checkpoint, train
+
+    cfg = train_config(bench, entry, device)
+    recipe = {k: v for k, v in cfg.to_dict().items() if k not in ("device", "progress", "workers", "compile")}
+    folder = models_dir / f"{entry.name}-{config_hash(recipe)}"
+    checkpoint = folder / "checkpoint.pt"
+    if checkpoint.is_file() and read_checkpoint(checkpoint).get("complete"):
+        log(f"{entry.name}: reusing trained checkpoint {checkpoint}")
+        return checkpoint
+    log(f"{entry.name}: training ({'resuming' if checkpoint.is_file() else 'from scratch'}) into {folder}")
+    summary = train(cfg, folder, resume=checkpoint.is_file())
+    log(f"{entry.name}: trained, clean test accuracy {summary['test']['accuracy']:.4f} (n={summary['test']['n']})")
+    return checkpoint
+
+
+def load_entry(bench: Benchmark, entry: ModelEntry, checkpoints: dict[str, Path], device: str):
+    """Rebuild a benchmark model: our trained checkpoint, or any source through load_model."""
+    from robustjpeg.loading import load_model
+
+    if entry.train is not None:
+        return load_model(checkpoints[entry.name], device=device, name=entry.name)
+    options = dict(entry.load)
+    source = options.pop("source", None)
+    if source is None:
+        raise ConfigError(f"{bench.path}: model {entry.name!r}: load needs source = FILE or robustbench:NAME")
+    for key in ("mean", "std", "input_size"):
+        if isinstance(options.get(key), list):
+            options[key] = tuple(options[key])
+    try:
+        return load_model(source, device=device, name=entry.name, **options)
+    except TypeError as exc:
+        raise ConfigError(f"{bench.path}: model {entry.name!r}: bad load option ({exc})") from exc
+
+
+@dataclass
+class Outcome:
+    """What a benchmark run produced and how a scheduler should read it."""
+
+    report: Path
+    run_dirs: list[Path]
+    regressions: list[dict]
+    failed_checks: list[str]
+
+
+def _sweep_all(bench: Benchmark, models: dict, infos: dict, out: Path, device, suites_override, eps, progress,
+               log: Log) -> list[Path]:
+    from robustjpeg.attacks import load_suite
+    from robustjpeg.data import eval_tensors, load_dataset
+    from robustjpeg.sweep import run_sweep
+
+    ds = load_dataset(bench.dataset, bench.data_root, bench.download)
+    x, y, idx = eval_tensors(ds, bench.num_examples, bench.seed)
+    run_dirs = []
+    for entry in bench.models:
+        for suite_name in suites_override or entry.suites or bench.suites:
+            suite = load_suite(suite_name)
+            if eps is not None:
+                suite = suite.with_eps(eps)
+            run_dir = out / "runs" / entry.name / suite.name
+            log(f"{entry.name}: sweeping suite {suite.name!r} on {len(y)} images -> {run_dir}")
+            source = models[entry.transfer_from] if entry.transfer_from else None
+            results = run_sweep(models[entry.name], x, y, suite, run_dir, seed=bench.seed, device=device,
+                                resume=True, model_info=infos[entry.name], transfer_source=source,
+                                batch_size=bench.batch_size, progress=progress, indices=idx, dataset=ds.name)
+            worst = results["worst_case"]
+            log(f"{entry.name}: clean {results['clean']['accuracy']:.3f}, worst case at "
+                f"{worst[-1]['norm']} {worst[-1]['eps']:.4g}: {worst[-1]['accuracy']:.3f}, "
+                f"{results['checks_failed']} check(s) failed")
+            run_dirs.append(run_dir)
+    return run_dirs
+
+
+def _history(bench: Benchmark, run_dirs: list[Path], log: Log) -> list[dict]:
+    """Append the runs to the history and return significant drops against each model's previous run."""
+    from robustjpeg.history import append_history, find_regressions, load_history
+    from robustjpeg.io import read_json
+
+    ids = {read_json(append_history(d, bench.history), "history record")["id"] for d in run_dirs}
+    found = [r for r in find_regressions(load_history(bench.history), bench.fail_on_drop or 0.0) if r["id"] in ids]
+    log(f"history {bench.history}: {len(found)} significant drop(s) against the previous runs")
+    return found
+
+
+def run_benchmark(bench: Benchmark, out: Path, *, device: str = "auto", suites: list[str] | None = None,
+                  eps: list[float] | None = None, progress: bool | None = None, log: Log | None = None) -> Outcome:
+    """Train, sweep, report and compare: the whole nightly job, resumable at every stage."""
+    from robustjpeg.io import resolve_device
+    from robustjpeg.report import write_report
+
+    log = log or Log()
+    progress = sys.stderr.isatty() if progress is None else progress
+    device = str(resolve_device(device))
+    out = Path(out)
+    log(f"benchmark {bench.name!r} from {bench.path}: {len(bench.models)} model(s), data {bench.dataset}, "
+        f"n={bench.num_examples}, seed {bench.seed}, device {device}, output {out}")
+    checkpoints = {e.name: ensure_trained(bench, e, out / "models", device, log) for e in bench.models if e.train}
+    loaded = {e.name: load_entry(bench, e, checkpoints, device) for e in bench.models}
+    models = {name: m for name, (m, _) in loaded.items()}
+    infos = {name: info for name, (_, info) in loaded.items()}
+    run_dirs = _sweep_all(bench, models, infos, out, device, suites, eps, progress, log)
+    regressions = _history(bench, run_dirs, log) if bench.history else []
+    report = write_report(run_dirs, out / "report", history=bench.history)
+    log(f"report written to {report}")
+    failed = [f"{d.parent.name}/{d.name}: {c['name']}" for d in run_dirs
+              for c in _read_checks(d) if c["status"] == "FAIL"]
+    return Outcome(report=report, run_dirs=run_dirs, regressions=regressions, failed_checks=failed)
+
+
+def _read_checks(run_dir: Path) -> list[dict]:
+    from robustjpeg.io import read_json
+
+    return read_json(run_dir / "results.json", "results file")["checks"]

@@ -180,24 +180,24 @@ def _bar_label(run: Run, width: int = 18) -> str:
     return f"{text}\n(unreliable: a check failed)" if run.unreliable else text
 
 
-def jpeg_tables(run: Run, standard: np.ndarray, quality: int, path: Path) -> Path:
-    """Heat maps of the learned luma/chroma step tables beside the standard JPEG tables at `quality`."""
+def jpeg_tables(run: Run, standard: np.ndarray, quality: int, whose: str, path: Path) -> Path:
+    """Heat maps of the model's luma/chroma step tables (`whose`: learned, fixed) beside the standard ones."""
     import seaborn as sns
 
-    learned = run.jpeg_tables
-    rows = [("luma (Y)", learned["luma"], standard[0])]
-    if learned.get("chroma") is not None:
-        rows.append(("chroma (Cb, Cr)", learned["chroma"], standard[1]))
+    model_tables = run.jpeg_tables
+    rows = [("luma (Y)", model_tables["luma"], standard[0])]
+    if model_tables.get("chroma") is not None:
+        rows.append(("chroma (Cb, Cr)", model_tables["chroma"], standard[1]))
     values = [np.asarray(t, dtype=float) for _, a, b in rows for t in (a, b)]
     norm = LogNorm(vmin=max(min(v.min() for v in values), 1e-3), vmax=max(v.max() for v in values))
     with _figure(9.0, 4.2 * len(rows) + 0.4) as fig:
         axes = fig.subplots(len(rows), 2, squeeze=False)
         for (name, mine, ref), pair in zip(rows, axes):
-            for ax, table, whose in zip(pair, (mine, ref), ("learned", f"standard JPEG, quality {quality}")):
+            for ax, table, title in zip(pair, (mine, ref), (whose, f"standard JPEG, quality {quality}")):
                 table = np.asarray(table, dtype=float)
                 sns.heatmap(table, ax=ax, norm=norm, cmap="viridis", annot=True, fmt=_annot_fmt(table),
                             annot_kws={"fontsize": 7}, square=True, cbar=False, linewidths=0.4, linecolor="white")
-                ax.set_title(f"{name}: {whose}", fontsize=10)
+                ax.set_title(f"{name}: {title}", fontsize=10)
                 ax.set_xlabel("horizontal frequency u")
                 ax.set_ylabel("vertical frequency v")
                 ax.tick_params(axis="y", labelrotation=0)

@@ -141,10 +141,12 @@ def _tables_figure(run: Run, out: Path) -> str:
     from robustjpeg.jpeg import standard_tables
 
     spec = (run.facts.get("model") or {}).get("spec") or {}
-    quality = int((spec.get("jpeg") or {}).get("quality", 50))
+    layer = spec.get("jpeg") or {}
+    quality = int(layer.get("quality") or 50)
+    whose = "learned" if layer.get("trainable", True) else "fixed (not trained)"
     name = f"jpeg-tables-{fmt.slug(run.label)}.png"
-    plots.jpeg_tables(run, np.asarray(standard_tables(quality), dtype=float), quality, out / name)
-    return _image(f"{run.label}: learned JPEG step tables beside the standard ones", name)
+    plots.jpeg_tables(run, np.asarray(standard_tables(quality), dtype=float), quality, whose, out / name)
+    return _image(f"{run.label}: {whose} JPEG step tables beside the standard ones", name)
 
 
 def _jpeg_section(images: list[str]) -> str:

@@ -68,7 +68,7 @@ def _warning(runs: list[Run]) -> str:
 
 def _check_summary(run: Run) -> str:
     counts = {s: sum(c.get("status") == s for c in run.checks) for s in ("PASS", "WARN", "FAIL", "SKIP")}
-    text = ", ".join(f"{k} {s}" for s, k in counts.items() if k)
+    text = ", ".join(f"{k} {s}" for s, k in counts.items() if k) or "no checks recorded"
     return f"**unreliable** ({text})" if run.unreliable else f"reliable ({text})"
 
 

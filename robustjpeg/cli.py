@@ -55,12 +55,75 @@ def build_parser() -> argparse.ArgumentParser:
 
 # --- train ---------------------------------------------------------------------------------------
 
+def _parse_milestones(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError as exc:
+        raise ConfigError(f"--milestones takes comma-separated epochs such as 150,180,210, not {text!r}") from exc
+
+
 def _add_train(p: argparse.ArgumentParser) -> None:
     _common(p)
+    p.add_argument("--dataset", default="mnist5k",
+                   help="mnist5k (default, offline: 5,000 digits of MNIST's training split, fixed 4,000/1,000 split), "
+                   "cifar10, cifar100, flowers102, pets, cars, aircraft, cub200, or imagefolder:PATH (a folder with "
+                   "train/ and test/ in ImageFolder layout, or with train.tar.gz and test.tar.gz)")
+    p.add_argument("--arch", default=None, help="backbone (default per dataset: smallcnn, resnet20, tv_resnet18)")
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument("--jpeg", action="store_true", help="JPEG-DL: a trainable JPEG layer in front of the backbone")
+    kind.add_argument("--jpeg-fixed", type=int, default=None, metavar="QUALITY",
+                      help="control: a frozen standard-JPEG layer at QUALITY in front")
+    soft = p.add_mutually_exclusive_group()
+    soft.add_argument("--alpha", type=float, default=None, help="quantiser softness alpha (default 5)")
+    soft.add_argument("--hardness", type=float, default=None, help="per-coefficient alpha = h / q^2 instead of --alpha")
+    p.add_argument("--jpeg-init", default="standard", help="table start: standard, constant, abs_avg, sensitivity")
+    p.add_argument("--jpeg-quality", type=int, default=None, help="quality of the standard tables for --jpeg (default 50)")
+    p.add_argument("--jpeg-constant", type=float, default=None, help="step for --jpeg-init constant")
+    p.add_argument("--init-from", default=None, metavar="CKPT", help="trained baseline checkpoint for --jpeg-init sensitivity")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None, help="backbone SGD learning rate")
+    p.add_argument("--jpeg-lr", type=float, default=None, help="Adam learning rate of the JPEG tables (default 3e-3)")
+    p.add_argument("--weight-decay", type=float, default=None)
+    p.add_argument("--milestones", type=_parse_milestones, default=None, help="epochs where the lr drops 10x, e.g. 150,180,210")
+    p.add_argument("--train-subset", type=int, default=None, metavar="N", help="train on a fixed stratified subset of N images")
+    p.add_argument("--data-root", default=None, help="folder holding torchvision data sets")
+    p.add_argument("--download", action="store_true", help="allow torchvision to download the data set")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--workers", type=int, default=4, help="data-loader workers for file-based data sets")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+
+
+def _train_config(args: argparse.Namespace):
+    from robustjpeg.train import TrainConfig
+
+    if args.jpeg_fixed is not None and args.jpeg_quality is not None:
+        raise ConfigError("--jpeg-fixed QUALITY already sets the quality; drop --jpeg-quality")
+    if args.jpeg_quality is not None and not args.jpeg:
+        raise ConfigError("--jpeg-quality sets the trainable tables' start; it needs --jpeg")
+    if args.jpeg_lr is not None and not args.jpeg:
+        raise ConfigError("--jpeg-lr sets the trainable JPEG tables' optimiser; it needs --jpeg")
+    variant = "jpeg" if args.jpeg else "jpeg-fixed" if args.jpeg_fixed is not None else "baseline"
+    quality = next(q for q in (args.jpeg_fixed, args.jpeg_quality, TrainConfig.jpeg_quality) if q is not None)
+    return TrainConfig(
+        dataset=args.dataset, arch=args.arch, variant=variant, jpeg_alpha=args.alpha, jpeg_hardness=args.hardness,
+        jpeg_init=args.jpeg_init, jpeg_quality=quality, jpeg_constant=args.jpeg_constant, init_from=args.init_from,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+        milestones=args.milestones, jpeg_lr=TrainConfig.jpeg_lr if args.jpeg_lr is None else args.jpeg_lr,
+        seed=args.seed, train_subset=args.train_subset, data_root=args.data_root, download=args.download,
+        compile=args.compile, device=args.device, workers=args.workers)
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    raise ConfigError("train is not available yet")
+    from robustjpeg.train import train
+
+    cfg = _train_config(args)
+    out = args.out or Path("runs") / f"train-{cfg.dataset.replace(':', '_').replace('/', '_')}-{cfg.variant}-s{cfg.seed}"
+    summary = train(cfg, out, resume=args.resume)
+    test = summary["test"]
+    lo, hi = test["ci95"]
+    print(f"test accuracy {test['accuracy']:.4f} (n={test['n']}, 95% CI {lo:.4f}-{hi:.4f}); checkpoint {summary['checkpoint']}")
+    return EXIT_OK
 
 
 # --- sweep ---------------------------------------------------------------------------------------

@@ -235,8 +235,11 @@ def standard_tables(quality: int) -> Tensor:
     return ((base * scale + 50) // 100).clamp(1, 255).to(torch.float32)
 
 
-def validate_images(x: Tensor, channels: int) -> None:
-    """Raise BadInput unless x is a float NCHW tensor with `channels` channels, finite, in [0, 1] (+-tolerance)."""
+def validate_images(x: Tensor, channels: int, values: bool = True) -> None:
+    """Raise BadInput unless x is a float NCHW tensor with `channels` channels, finite, in [0, 1] (+-tolerance).
+
+    values=False checks shape and dtype only: reading the values back forces a GPU synchronisation.
+    """
     if not isinstance(x, Tensor) or x.dim() != 4:
         shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
         raise BadInput(f"JPEG layer expects a 4-D NCHW tensor, got {shape}; add a batch axis with x.unsqueeze(0)")
@@ -247,6 +250,8 @@ def validate_images(x: Tensor, channels: int) -> None:
         raise BadInput(f"JPEG layer expects float images in [0, 1], got {x.dtype}; use x.float() / 255")
     if x.numel() == 0:
         raise BadInput(f"JPEG layer got an empty batch of shape {tuple(x.shape)}")
+    if not values:
+        return
     lo, hi = torch.aminmax(x.detach())
     if not (lo >= -RANGE_TOLERANCE and hi <= 1 + RANGE_TOLERANCE):
         if torch.isnan(x).any():
@@ -351,7 +356,8 @@ class JpegLayer(nn.Module):
         return soft_quantize(z, q, alpha, self.window, self.bits)
 
     def forward(self, x: Tensor) -> Tensor:
-        validate_images(x, self.channels)
+        """Values are checked except in CUDA training steps, whose inputs come from uint8 data and would stall."""
+        validate_images(x, self.channels, values=not (self.training and x.is_cuda))
         return self.decode(self.quantize(self.encode(x)), x.shape[2], x.shape[3])
 
     def export_qtables(self) -> list[list[int]]:

@@ -25,12 +25,18 @@ def points(delta: float) -> str:
     return f"{100 * delta:+.{DIGITS}f}"
 
 
+def on_255_grid(eps: float) -> bool:
+    """Linf budgets people write as k/255: whole k (8/255), or half k below 1/255 (0.5/255); not 0.3."""
+    k2 = eps * 510
+    return abs(k2 - round(k2)) < 1e-3 and (round(k2) % 2 == 0 or eps < 1 / 255)
+
+
 def eps_text(norm: str, eps: float) -> str:
-    """A budget without its norm: Linf budgets in /255 ('8/255') when they sit on a 0.1/255 grid."""
-    if norm == "Linf":
-        k = eps * 255
-        if abs(k * 10 - round(k * 10)) < 1e-4:
-            return f"{round(k, 1):g}/255"
+    """A budget without its norm: Linf budgets on the 1/255 grid as '8/255', others as decimals ('0.3', '0.5')."""
+    if eps == 0:
+        return "0"
+    if norm == "Linf" and on_255_grid(eps):
+        return f"{round(eps * 510) / 2:g}/255"
     return f"{eps:.4g}"
 
 

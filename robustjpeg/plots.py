@@ -60,12 +60,13 @@ def _legend(fig: Figure, models: dict[str, dict]) -> None:
     fig.legend(handles=handles, loc="outside lower center", ncol=min(4, len(handles) or 1), frameon=False)
 
 
-def _x(norm: str, eps: float) -> float:
-    return eps * 255 if norm == "Linf" else eps
+def _x(per_255: bool, eps: float) -> float:
+    return eps * 255 if per_255 else eps
 
 
-def _xlabel(norm: str) -> str:
-    return r"budget $\varepsilon$ ($L_\infty$, in units of 1/255)" if norm == "Linf" else r"budget $\varepsilon$ ($L_2$)"
+def _xlabel(norm: str, per_255: bool) -> str:
+    name = r"$L_\infty$" if norm == "Linf" else r"$L_2$"
+    return rf"budget $\varepsilon$ ({name}, in units of 1/255)" if per_255 else rf"budget $\varepsilon$ ({name})"
 
 
 def _panels(runs: list[Run]) -> list[tuple[str, str, dict[str, list[dict]]]]:
@@ -104,21 +105,21 @@ def accuracy_curves(runs: list[Run], path: Path) -> Path:
 
 
 def _curve_panel(ax, title: str, norm: str, series: dict, colours: dict, standard: set[float]) -> None:
-    xs_all: set[float] = set()
+    budgets = sorted({r["eps"] for recs in series.values() for r in recs})
+    per_255 = norm == "Linf" and all(fmt.on_255_grid(e) for e in budgets)
     for label, recs in series.items():
-        xs = [_x(norm, r["eps"]) for r in recs]
-        xs_all.update(xs)
+        xs = [_x(per_255, r["eps"]) for r in recs]
         ax.plot(xs, [100 * r["accuracy"] for r in recs], ms=5, label=label, **colours[label])
         ax.fill_between(xs, [100 * r["ci95"][0] for r in recs], [100 * r["ci95"][1] for r in recs],
                         color=colours[label]["color"], alpha=0.15, linewidth=0)
     if norm == "Linf":
-        _budget_axis(ax, sorted(xs_all))
+        _budget_axis(ax, [_x(per_255, e) for e in budgets])
         for eps in standard:
-            ax.axvline(_x(norm, eps), color="0.4", ls=":", lw=1)
-            ax.annotate("standard budget", (_x(norm, eps), 101), fontsize=7, color="0.35", ha="right",
+            ax.axvline(_x(per_255, eps), color="0.4", ls=":", lw=1)
+            ax.annotate("standard budget", (_x(per_255, eps), 101), fontsize=7, color="0.35", ha="right",
                         xytext=(-2, 0), textcoords="offset points", va="bottom")
     ax.set_title(title)
-    ax.set_xlabel(_xlabel(norm))
+    ax.set_xlabel(_xlabel(norm, per_255))
     ax.set_ylabel("robust accuracy (%)")
     ax.set_ylim(0, 108)
     ax.set_yticks(range(0, 101, 20))

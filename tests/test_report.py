@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -23,12 +22,12 @@ TINY_SUITE = """
 name = "tiny"
 description = "three budgets and short attacks: enough for a report test, not a robustness claim"
 norm = "Linf"
-eps = ["0", "2/255", "8/255"]
-standard_eps = "8/255"
-l2_eps = [0.0, 0.5, 1.0]
+eps = ["0", "0.1", "0.3"]
+standard_eps = "0.3"
+l2_eps = [0.0, 1.0, 2.0, 3.0]
 attacks = [{name = "fgsm", kind = "fgsm"},
-           {name = "pgd", kind = "pgd", steps = 3, rel_stepsize = 2.5, random_start = true},
-           {name = "cw", kind = "cw", c = 1.0, steps = 5, lr = 0.01}]
+           {name = "pgd", kind = "pgd", steps = 5, rel_stepsize = 2.5, random_start = true},
+           {name = "cw", kind = "cw", c = 5.0, steps = 20, lr = 0.05}]
 """
 
 
@@ -46,7 +45,8 @@ def report(tmp_path_factory):
 def _budget(label: str) -> tuple[str, float]:
     """'Linf 8/255' -> ('Linf', 8/255), read independently of the report's formatter."""
     norm, value = label.rsplit(" ", 1)
-    return norm.split()[-1], float(Fraction(value))
+    top, _, bottom = value.partition("/")
+    return norm.split()[-1], float(top) / float(bottom or 1)
 
 
 def _close(shown: tuple, record: dict) -> None:
@@ -114,22 +114,46 @@ def test_every_referenced_image_is_a_real_png(report):
     _images_are_real(report[0])
 
 
-def test_report_of_a_real_sweep_matches_its_results(tmp_path):
+@pytest.fixture(scope="module")
+def real_report(request, tmp_path_factory):
+    """A trained JPEG-DL model swept as trained (soft quantiser) and with the hard quantiser, whose zero input
+    gradients mask every gradient attack: the sanity checks must catch the second one."""
     pytest.importorskip("robustjpeg.sweep", reason="the sweep engine writes the real run folders")
-    models = pytest.importorskip("sweep_models", reason="the sweep tests' tiny MNIST model")
-    from robustjpeg.attacks import load_suite
-    from robustjpeg.sweep import run_sweep
+    trained = request.getfixturevalue("mnist_jpeg_run")
+    from conftest import one_thread
 
-    (tmp_path / "tiny.toml").write_text(TINY_SUITE)
-    x, y = models.mnist_digits()
-    idx = models.split()[1].nonzero().squeeze(1)[::20]
-    run_sweep(models.trained_cnn(), x[idx], y[idx], load_suite(tmp_path / "tiny.toml"), tmp_path / "run",
-              progress=False, indices=idx, dataset="mnist5k", model_info={"name": "tiny-cnn"})
-    path = write_report([tmp_path / "run"], tmp_path / "report")
-    results = {"tiny-cnn": json.loads((tmp_path / "run" / "results.json").read_text())}
-    _summary_matches(path, results)
-    _grids_match(path, results)
-    _images_are_real(path)
+    from robustjpeg.data import eval_tensors, load_dataset
+    from robustjpeg.sweep import load_suite, run_sweep
+    from robustjpeg.train import load_trained
+
+    base = tmp_path_factory.mktemp("real")
+    (base / "tiny.toml").write_text(TINY_SUITE)
+    x, y, idx = eval_tensors(load_dataset("mnist5k"), 40, seed=0)
+    model, spec, _ = load_trained(trained["checkpoint"])
+    runs = {"jpeg-soft": None, "jpeg-hard": "hard"}
+    with one_thread():
+        for name, mode in runs.items():
+            run_sweep(model, x, y, load_suite(base / "tiny.toml"), base / name, progress=False, indices=idx,
+                      dataset="mnist5k", model_info={"name": name, "spec": spec.to_dict()}, deploy_mode=mode)
+    path = write_report([base / name for name in runs], base / "report")
+    return path, {name: json.loads((base / name / "results.json").read_text()) for name in runs}
+
+
+def test_report_of_a_real_sweep_matches_its_results(real_report):
+    _summary_matches(*real_report)
+    _grids_match(*real_report)
+    _images_are_real(real_report[0])
+    assert "jpeg-tables-jpeg-soft.png" in real_report[0].read_text()
+
+
+def test_real_masked_gradients_fail_a_check_and_mark_the_model_unreliable(real_report):
+    path, _ = real_report
+    tables = {t[0].split(":")[0]: t for t in markdown_tables(path.read_text()) if t[1][:3] == ["#", "check", "status"]}
+    status = {name: {row[1]: row[2].strip("*") for row in t[2]} for name, t in tables.items()}
+    assert status["jpeg-hard"]["gradient_health"] == "FAIL"
+    assert status["jpeg-soft"]["gradient_health"] == "PASS"
+    for name, checks in status.items():
+        assert ("unreliable" in tables[name][0]) == ("FAIL" in checks.values()), f"{name}: verdict and table disagree"
 
 
 def test_check_table_fails_masked_run_and_passes_clean_one(report):

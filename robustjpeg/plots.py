@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import LogNorm
+from matplotlib.colors import LogNorm, TwoSlopeNorm
 from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -182,36 +182,47 @@ def _bar_label(run: Run, width: int = 18) -> str:
 
 
 def jpeg_tables(run: Run, standard: np.ndarray, quality: int, whose: str, path: Path) -> Path:
-    """Heat maps of the model's luma/chroma step tables (`whose`: learned, fixed) beside the standard ones."""
-    import seaborn as sns
-
-    model_tables = run.jpeg_tables
-    rows = [("luma (Y)", model_tables["luma"], standard[0])]
-    if model_tables.get("chroma") is not None:
-        rows.append(("chroma (Cb, Cr)", model_tables["chroma"], standard[1]))
-    values = [np.asarray(t, dtype=float) for _, a, b in rows for t in (a, b)]
-    norm = LogNorm(vmin=max(min(v.min() for v in values), 1e-3), vmax=max(v.max() for v in values))
-    with _figure(9.0, 4.2 * len(rows) + 0.4) as fig:
-        axes = fig.subplots(len(rows), 2, squeeze=False)
-        for (name, mine, ref), pair in zip(rows, axes):
-            for ax, table, title in zip(pair, (mine, ref), (whose, f"standard JPEG, quality {quality}")):
-                table = np.asarray(table, dtype=float)
-                sns.heatmap(table, ax=ax, norm=norm, cmap="viridis", annot=True, fmt=_annot_fmt(table),
-                            annot_kws={"fontsize": 7}, square=True, cbar=False, linewidths=0.4, linecolor="white")
-                ax.set_title(f"{name}: {title}", fontsize=10)
-                ax.set_xlabel("horizontal frequency u")
-                ax.set_ylabel("vertical frequency v")
-                ax.tick_params(axis="y", labelrotation=0)
-        bar = fig.colorbar(axes[0, 0].collections[0], ax=axes, shrink=0.7, label="quantisation step (log scale)")
+    """Heat maps of the model's luma/chroma step tables (`whose`: learned, fixed), the standard ones, and the change."""
+    tables = run.jpeg_tables
+    rows = [("luma (Y)", np.asarray(tables["luma"], dtype=float), standard[0])]
+    if tables.get("chroma") is not None:
+        rows.append(("chroma (Cb, Cr)", np.asarray(tables["chroma"], dtype=float), standard[1]))
+    steps = [t for _, mine, ref in rows for t in (mine, ref)]
+    norm = LogNorm(vmin=max(min(t.min() for t in steps), 1e-3), vmax=max(t.max() for t in steps))
+    reach = max(float(np.abs(mine - ref).max()) for _, mine, ref in rows) or 1.0
+    change = TwoSlopeNorm(vcenter=0.0, vmin=-reach, vmax=reach)
+    with _figure(13.5, 4.2 * len(rows) + 0.4) as fig:
+        axes = fig.subplots(len(rows), 3, squeeze=False)
+        for (name, mine, ref), (ax_mine, ax_ref, ax_diff) in zip(rows, axes):
+            _heat(ax_mine, mine, f"{name}: {whose}", norm=norm, cmap="viridis")
+            _heat(ax_ref, ref, f"{name}: standard JPEG, quality {quality}", norm=norm, cmap="viridis")
+            _heat(ax_diff, mine - ref, f"{name}: {whose} minus standard", norm=change, cmap="RdBu_r")
+        bar = fig.colorbar(axes[0, 0].collections[0], ax=axes[:, :2], shrink=0.7, label="quantisation step (log scale)")
         ticks = [t for t in (1, 2, 5, 10, 20, 50, 100, 200) if norm.vmin <= t <= norm.vmax]
         bar.set_ticks(ticks, labels=[str(t) for t in ticks])
         bar.minorticks_off()
+        fig.colorbar(axes[0, 2].collections[0], ax=axes[:, 2], shrink=0.7, label="change of step (red: coarser)")
         fig.suptitle(f"{run.label}: JPEG quantisation steps (larger step = coarser; DC at top left)")
         return _save(fig, path)
 
 
+def _heat(ax, table: np.ndarray, title: str, **colour) -> None:
+    import seaborn as sns
+
+    sns.heatmap(table, ax=ax, annot=True, fmt=_annot_fmt(table), annot_kws={"fontsize": 7}, square=True, cbar=False,
+                linewidths=0.4, linecolor="white", **colour)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("horizontal frequency u")
+    ax.set_ylabel("vertical frequency v")
+    ax.tick_params(axis="y", labelrotation=0)
+
+
 def _annot_fmt(table: np.ndarray) -> str:
-    return ".0f" if np.allclose(table, np.round(table)) else ".1f"
+    """Whole tables as integers; others with 1 to 3 decimals, enough to show their largest entry to 2 digits."""
+    if np.allclose(table, np.round(table)):
+        return ".0f"
+    largest = float(np.abs(table).max())
+    return f".{min(3, max(1, 1 - math.floor(math.log10(largest))))}f"
 
 
 def trend(series: dict[str, list[dict]], path: Path) -> Path:

@@ -101,7 +101,8 @@ def verdict(rows: list[dict]) -> str:
     for sign, word in ((-1, "worse"), (1, "better")):
         moved = significant(rows, sign)
         if moved:
-            where = ", ".join(f"{row_label(r)} ({fmt.points(r['delta'])} points, p={fmt.pvalue(r['p'])})" for r in moved)
+            where = ", ".join(f"{row_label(r)} ({fmt.points(r['delta'])} points, p={fmt.pvalue(r['p'])})"
+                              for r in moved)
             parts.append(f"B is significantly {word} than A at {where}")
     return "; ".join(parts) + "." if parts else f"No significant change (McNemar p >= {ALPHA} at every budget)."
 
@@ -111,7 +112,8 @@ def render(result: dict) -> str:
     a, b = result["a"], result["b"]
     header = ["budget", "A", "B", "change B - A [95% CI]", "only A right", "only B right", "McNemar p"]
     parts = [f"# Paired comparison\n\nA: {a['model']} ({a['path']})  \nB: {b['model']} ({b['path']})  \n"
-             f"Samples: {result['dataset']}, n={result['n']}, the same for both runs.\n\n**Verdict:** {result['verdict']}"]
+             f"Samples: {result['dataset']}, n={result['n']}, the same for both runs.\n\n"
+             f"**Verdict:** {result['verdict']}"]
     for title, scopes in (("Clean and worst case over attacks", GATED), ("Per attack", ("attack",))):
         rows = [_render_row(r) for r in result["rows"] if r["scope"] in scopes]
         if rows:

@@ -131,11 +131,12 @@ def history_section(history_dir: Path, png: Path) -> str:
     regressions = find_regressions(records)
     plots.trend(_series(records, regressions), png)
     models = len(_groups(records))
-    parts = [f"## History\n\n{len(records)} runs of {models} model(s), {fmt.when(records[0]['time'])} to {fmt.when(records[-1]['time'])}.",
+    span = f"{fmt.when(records[0]['time'])} to {fmt.when(records[-1]['time'])}"
+    parts = [f"## History\n\n{len(records)} runs of {models} model(s), {span}.",
              f"![Accuracy across runs]({png.name})"]
     if regressions:
-        rows = [[g["model"], fmt.when(g["before"]), fmt.when(g["after"]), row_label(g), fmt.acc(g["a"]), fmt.acc(g["b"]),
-                 fmt.points(g["delta"]), fmt.pvalue(g["p"])] for g in regressions]
+        rows = [[g["model"], fmt.when(g["before"]), fmt.when(g["after"]), row_label(g), fmt.acc(g["a"]),
+                 fmt.acc(g["b"]), fmt.points(g["delta"]), fmt.pvalue(g["p"])] for g in regressions]
         header = ["model", "previous run", "run", "budget", "before", "after", "change (points)", "McNemar p"]
         parts.append("### Regressions\n\nSignificant drops (exact McNemar test, p < 0.05) between consecutive runs "
                      "of a model on the same samples.\n\n" + fmt.table(header, rows))

@@ -105,7 +105,8 @@ def _grid(runs: list[Run], records_of, rows: list[list[str]] | None = None) -> s
 
 def _by_budget(runs: list[Run]) -> str:
     clean = [["clean"] + [fmt.acc(r.clean) for r in runs]]
-    return "## Robust accuracy by budget (worst case over attacks)\n\n" + _grid(runs, lambda r: r.results["worst_case"], clean)
+    table = _grid(runs, lambda r: r.results["worst_case"], clean)
+    return "## Robust accuracy by budget (worst case over attacks)\n\n" + table
 
 
 def _per_attack(runs: list[Run]) -> str:

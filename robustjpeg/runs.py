@@ -98,7 +98,8 @@ def load_run(path: Path, label: str = "") -> Run:
     if not path.is_dir():
         raise RunFolderError(f"run folder {path} does not exist; pass the -o folder of a finished `robustjpeg sweep`")
     facts = read_json(path / "run.json", "run facts")
-    _require(facts.get("schema") == RUN_SCHEMA, path / "run.json", f"schema is {facts.get('schema')!r}, expected {RUN_SCHEMA!r}")
+    _require(facts.get("schema") == RUN_SCHEMA, path / "run.json",
+             f"schema is {facts.get('schema')!r}, expected {RUN_SCHEMA!r}")
     _require(facts.get("status") == "complete", path / "run.json",
              f"status is {facts.get('status')!r}: the sweep did not finish; rerun it with --resume")
     results = read_json(path / "results.json", "results")
@@ -137,7 +138,8 @@ def _load_outcomes(path: Path, n: int) -> Outcomes:
         raise RunFolderError(f"per-sample outcomes {path} cannot be read ({exc}); rerun the sweep") from exc
     missing = [k for k in _SAMPLE_KEYS if k not in arrays]
     _require(not missing, path, f"lacks the arrays {missing}")
-    _require(arrays["clean_correct"].shape == (n,), path, f"holds {arrays['clean_correct'].shape} outcomes, results.json says n={n}")
+    _require(arrays["clean_correct"].shape == (n,), path,
+             f"holds {arrays['clean_correct'].shape} outcomes, results.json says n={n}")
     cells = {_cell_key(k): row.astype(bool) for k, row in zip(arrays["cell_keys"], arrays["robust"])}
     worst = {_worst_key(k): row.astype(bool) for k, row in zip(arrays["worst_keys"], arrays["worst"])}
     return Outcomes(arrays["indices"], arrays["labels"], arrays["clean_correct"].astype(bool), cells, worst)

@@ -49,7 +49,8 @@ def make_run(path: Path, model: str = "resnet20", *, n: int = 300, scale: float 
     atomic_write_json(path / "results.json", results)
     atomic_write_json(path / "run.json", {**_facts(model, dataset, n, jpeg), "finished": finished})
     cw = np.where(clean, radius * L2_PER_LINF, 0.0).astype(np.float32)
-    atomic_save_npz(path / "samples.npz", indices=np.sort(np.random.default_rng(index_seed).choice(10000, n, replace=False)),
+    indices = np.sort(np.random.default_rng(index_seed).choice(10000, n, replace=False))
+    atomic_save_npz(path / "samples.npz", indices=indices,
                     labels=np.arange(n) % 10, clean_correct=clean,
                     cell_keys=np.array([f"{a}|{norm}|{eps!r}" for a, _, norm, eps in robust]),
                     robust=np.stack(list(robust.values())),

@@ -130,10 +130,38 @@ def _run_train(args: argparse.Namespace) -> int:
 
 def _add_sweep(p: argparse.ArgumentParser) -> None:
     _common(p, evaluates=True, suite=True)
+    p.add_argument("checkpoint", help="model to attack: a checkpoint file or a name load_model understands")
+    p.add_argument("--dataset", required=True, help="evaluation data set name, e.g. mnist5k, cifar10, imagefolder:PATH")
+    p.add_argument("--data-root", type=Path, default=None, help="folder holding the data set files")
+    p.add_argument("--download", action="store_true", help="allow downloading the data set if it is missing")
+    p.add_argument("--resume", action="store_true", help="finish an interrupted sweep in -o, redoing nothing that finished")
+    p.add_argument("--transfer-from", default=None, metavar="CKPT", help="source model for transfer attacks (adaptive suite)")
+    p.add_argument("--jpeg-mode", choices=["soft", "hard", "ste"], default=None,
+                   help="evaluate the model with every JPEG layer in this mode (hard = a deployed codec)")
+    p.add_argument("--batch-size", type=int, default=256, help="images per attack batch; halves itself on GPU out-of-memory")
 
 
 def _run_sweep(args: argparse.Namespace) -> int:
-    raise ConfigError("sweep is not available yet")
+    if args.out is None:
+        raise ConfigError("sweep needs -o/--out RUN_DIR, the folder the results go to")
+    from robustjpeg.attacks import load_suite
+    from robustjpeg.data import eval_tensors, load_dataset
+    from robustjpeg.io import resolve_device
+    from robustjpeg.loading import load_model
+    from robustjpeg.sweep import run_sweep
+
+    suite = load_suite(args.suite or "quick").with_eps(args.eps)
+    device = resolve_device(args.device)
+    model, info = load_model(args.checkpoint, device=device)
+    source = load_model(args.transfer_from, device=device)[0] if args.transfer_from else None
+    x, y, indices = eval_tensors(load_dataset(args.dataset, args.data_root, args.download), args.num_examples, args.seed)
+    results = run_sweep(model, x, y, suite, args.out, seed=args.seed, device=device, resume=args.resume,
+                        model_info=info, transfer_source=source, batch_size=args.batch_size, indices=indices,
+                        dataset=args.dataset, deploy_mode=args.jpeg_mode)
+    worst = [w for w in results["worst_case"] if w["norm"] == "Linf" and w["eps"] == suite.standard_eps]
+    headline = f", worst case at eps {suite.standard_eps:.4g}: {worst[0]['accuracy']:.4f}" if worst else ""
+    print(f"{args.out}: clean {results['clean']['accuracy']:.4f}{headline}; checks failed: {results['checks_failed']}")
+    return EXIT_CHECK_FAILED if results["checks_failed"] else EXIT_OK
 
 
 # --- eval ----------------------------------------------------------------------------------------

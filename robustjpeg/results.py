@@ -1,0 +1,131 @@
+"""The run folder: per-cell partial files, run.json, results.json and samples.npz, written atomically and read back."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from robustjpeg.errors import RunFolderError
+from robustjpeg.io import atomic_save_npz, atomic_write_json, read_json
+from robustjpeg.stats import accuracy_record
+
+RUN_SCHEMA = "robustjpeg.run/1"
+RESULTS_SCHEMA = "robustjpeg.results/1"
+
+
+def cell_key(attack: str, norm: str, eps: float) -> str:
+    """'attack|norm|eps', the name of one cell in samples.npz and cells/."""
+    return f"{attack}|{norm}|{eps:.8g}"
+
+
+def worst_key(norm: str, eps: float) -> str:
+    return f"{norm}|{eps:.8g}"
+
+
+def robust_record(robust: np.ndarray) -> dict:
+    """{n, robust, accuracy, ci95} for a boolean per-sample outcome vector."""
+    k, n = int(robust.sum()), int(robust.size)
+    return {"n": n, "robust": k, **{key: v for key, v in accuracy_record(k, n).items() if key != "n"}}
+
+
+class CellStore:
+    """cells/: one small .npz per finished cell (per-sample outcomes plus a JSON blob of its facts)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.folder = Path(run_dir) / "cells"
+
+    def path(self, key: str) -> Path:
+        return self.folder / (re.sub(r"[^A-Za-z0-9_.-]", "_", key) + ".npz")
+
+    def save(self, key: str, meta: dict, **arrays: np.ndarray) -> None:
+        atomic_save_npz(self.path(key), meta=np.array(json.dumps({"key": key, **meta})), **arrays)
+
+    def load(self, key: str) -> tuple[dict, dict[str, np.ndarray]] | None:
+        """(meta, arrays) of a finished cell, or None when it has not finished."""
+        path = self.path(key)
+        if not path.is_file():
+            return None
+        with np.load(path) as data:
+            arrays = {name: data[name] for name in data.files if name != "meta"}
+            meta = json.loads(str(data["meta"]))
+        if meta.get("key") != key:
+            raise RunFolderError(f"{path} holds cell {meta.get('key')!r}, not {key!r}; delete it and rerun with --resume")
+        return meta, arrays
+
+
+def cell_metas(run_dir: Path) -> list[dict]:
+    """The facts (attack, budget, passes, wall time, example statistics) of every finished cell of a run."""
+    out = []
+    for path in sorted((Path(run_dir) / "cells").glob("*.npz")):
+        with np.load(path) as data:
+            out.append(json.loads(str(data["meta"])))
+    return out
+
+
+def worst_case(cells: dict[str, np.ndarray], budgets: dict[str, tuple[str, float]]) -> dict[tuple[str, float], np.ndarray]:
+    """Per (norm, eps): a sample is robust only if it is robust in every cell of that norm and budget."""
+    out: dict[tuple[str, float], np.ndarray] = {}
+    for key, robust in cells.items():
+        budget = budgets[key]
+        out[budget] = robust.copy() if budget not in out else out[budget] & robust
+    return out
+
+
+def write_samples(run_dir: Path, *, indices, labels, clean_correct, cells: dict[str, np.ndarray],
+                  worst: dict[tuple[str, float], np.ndarray], cw_l2: np.ndarray | None) -> None:
+    """samples.npz: every per-sample outcome, so worst cases, comparisons and reports are exact."""
+    n = len(labels)
+    rows = lambda table: np.stack(list(table.values())).astype(bool) if table else np.zeros((0, n), bool)  # noqa: E731
+    arrays = {
+        "indices": np.asarray(indices, dtype=np.int64), "labels": np.asarray(labels, dtype=np.int64),
+        "clean_correct": np.asarray(clean_correct, dtype=bool),
+        "cell_keys": np.array(list(cells), dtype=str), "robust": rows(cells),
+        "worst_keys": np.array([worst_key(*b) for b in worst], dtype=str), "worst": rows(worst),
+    }
+    if cw_l2 is not None:
+        arrays["cw_l2"] = np.asarray(cw_l2, dtype=np.float32)
+    atomic_save_npz(Path(run_dir) / "samples.npz", **arrays)
+
+
+def write_run(run_dir: Path, run: dict) -> None:
+    atomic_write_json(Path(run_dir) / "run.json", {"schema": RUN_SCHEMA, **run})
+
+
+def write_results(run_dir: Path, results: dict) -> None:
+    atomic_write_json(Path(run_dir) / "results.json", {"schema": RESULTS_SCHEMA, **results})
+
+
+@dataclass
+class Run:
+    """A finished run folder read back: run.json, results.json and the per-sample arrays."""
+
+    folder: Path
+    run: dict
+    results: dict
+    samples: dict[str, np.ndarray]
+
+    def cell(self, key: str) -> np.ndarray:
+        keys = list(self.samples["cell_keys"])
+        if key not in keys:
+            raise RunFolderError(f"{self.folder}: no cell {key!r}; it has {', '.join(keys)}")
+        return self.samples["robust"][keys.index(key)]
+
+
+def read_run(run_dir: Path) -> Run:
+    """Load a run folder, naming the missing or foreign file when it cannot be read."""
+    folder = Path(run_dir)
+    run = read_json(folder / "run.json", "run file")
+    results = read_json(folder / "results.json", "results file")
+    for what, doc, schema in (("run.json", run, RUN_SCHEMA), ("results.json", results, RESULTS_SCHEMA)):
+        if doc.get("schema") != schema:
+            raise RunFolderError(f"{folder / what} has schema {doc.get('schema')!r}, expected {schema!r}")
+    path = folder / "samples.npz"
+    if not path.is_file():
+        raise RunFolderError(f"{path} is missing; rerun the sweep with --resume to write it")
+    with np.load(path) as data:
+        samples = {name: data[name] for name in data.files}
+    return Run(folder, run, results, samples)

@@ -1,0 +1,400 @@
+"""The sweep engine: every attack of a suite over its budget grid, per sample, with nested budgets and resume."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import time
+import zlib
+from contextlib import contextmanager, nullcontext
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from robustjpeg.attacks import FGSM, AttackSpec, Suite, load_suite
+from robustjpeg.errors import BadInput, ConfigError, RunFolderError
+from robustjpeg.io import config_hash, device_description, library_versions, read_json, resolve_device
+from robustjpeg.jpeg import jpeg_layers, jpeg_mode
+from robustjpeg.results import CellStore, cell_key, robust_record, worst_case, write_results, write_run, write_samples
+
+__all__ = ["Engine", "PassCounter", "load_suite", "reference_sweep", "run_sweep"]  # load_suite: one import for callers
+
+
+class PassCounter(nn.Module):
+    """Wraps a model and counts per-sample passes: batch rows through forward, and rows whose logits got a gradient."""
+
+    def __init__(self, model: nn.Module, tally: dict[str, int] | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.tally = {"forward": 0, "backward": 0} if tally is None else tally
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.model(x)
+        self.tally["forward"] += x.shape[0]
+        if out.requires_grad:
+            out.register_hook(self._count_backward)
+        return out
+
+    def _count_backward(self, grad: Tensor) -> None:
+        self.tally["backward"] += grad.shape[0]
+
+
+def batch_seed(seed: int, *parts) -> int:
+    """A seed for one batch of one cell, fixed by the run seed, so reruns and resumes draw the same noise."""
+    return zlib.crc32("|".join(map(str, (seed, *parts))).encode()) & 0x7FFFFFFF
+
+
+@contextmanager
+def seeded(seed: int, device: torch.device):
+    """Global torch RNG fixed to seed inside (torchattacks draws from it), restored afterwards."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+class Engine:
+    """Holds the model, data and bookkeeping of one sweep; every model call goes through its pass counter."""
+
+    def __init__(self, model: nn.Module, x: Tensor, y: Tensor, *, seed: int, device, batch_size: int,
+                 progress: bool, transfer_source: nn.Module | None = None) -> None:
+        self.device = torch.device(device)
+        self.tally = {"forward": 0, "backward": 0}
+        self.reused = {"forward": 0, "backward": 0}  # passes of cells finished by an earlier, resumed invocation
+        self.meta: dict[str, dict] = {}  # facts of every cell (budget, adversarial-example statistics, passes)
+        self.model = PassCounter(model.to(self.device, torch.float32).eval(), self.tally)
+        self.source = None if transfer_source is None else PassCounter(
+            transfer_source.to(self.device, torch.float32).eval(), self.tally)
+        self.x, self.y = x.to(self.device, torch.float32), y.to(self.device, torch.int64)
+        self.seed, self.batch_size, self.progress = seed, batch_size, progress
+        self.logits = self.map(torch.arange(len(x), device=self.device), lambda idx: self.predict_logits(self.x[idx]))
+        self.clean = (self.logits.argmax(1) == self.y)
+
+    def map(self, idx: Tensor, fn: Callable[[Tensor], Tensor], desc: str | None = None) -> Tensor:
+        """fn over idx in batches; on CUDA out-of-memory the batch size halves and the batch is retried."""
+        outputs, start = [], 0
+        bar = self._bar(len(idx), desc)
+        while start < len(idx):
+            chunk = idx[start:start + self.batch_size]
+            try:
+                outputs.append(fn(chunk))
+            except RuntimeError as exc:
+                if not _is_oom(exc) or self.batch_size == 1:
+                    raise
+                self.batch_size //= 2
+                torch.cuda.empty_cache()
+                continue
+            start += len(chunk)
+            bar.update(len(chunk))
+        bar.close()
+        return torch.cat(outputs) if outputs else torch.zeros(0, device=self.device)
+
+    def _bar(self, total: int, desc: str | None):
+        from tqdm import tqdm
+
+        quiet = desc is None or not self.progress or not sys.stderr.isatty()
+        return tqdm(total=total, desc=desc, disable=quiet, leave=False, unit="img")
+
+    @torch.no_grad()
+    def predict_logits(self, x: Tensor) -> Tensor:
+        return self.model(x).float()
+
+    def predict(self, x: Tensor) -> Tensor:
+        return self.predict_logits(x).argmax(1)
+
+    def cell(self, store: CellStore, key: str, compute: Callable[[], tuple[dict, dict]]) -> dict[str, np.ndarray]:
+        """A finished cell from disk, or compute it, time it, count its passes and save it atomically."""
+        done = store.load(key)
+        if done is not None:
+            for k in self.reused:
+                self.reused[k] += done[0]["passes"][k]
+            self.meta[key] = done[0]
+            return done[1]
+        before, t0 = dict(self.tally), time.perf_counter()
+        meta, arrays = compute()
+        meta.update(passes={k: self.tally[k] - before[k] for k in before}, wall_time_s=round(time.perf_counter() - t0, 4))
+        store.save(key, meta, **arrays)
+        self.meta[key] = meta
+        return arrays
+
+    def craft_model(self, spec: AttackSpec) -> nn.Module:
+        return self.source if spec.source == "transfer" else self.model
+
+    def view(self, spec: AttackSpec):
+        """The JPEG mode examples are crafted under (BPDA = 'ste'); evaluation always uses the model as given."""
+        return nullcontext() if spec.view is None else jpeg_mode(self.craft_model(spec), spec.view)
+
+    def break_samples(self, spec: AttackSpec, key: str, idx: Tensor, eps: float,
+                      perturb: Callable[[Tensor, int], Tensor], stats: dict) -> Tensor:
+        """Attack idx (restarts attack only the survivors); returns which of idx were broken."""
+        broken = torch.zeros(len(idx), dtype=torch.bool, device=self.device)
+        for restart in range(spec.restarts):
+            alive = (~broken).nonzero().flatten()
+            if len(alive) == 0:
+                break
+
+            def attack(pos: Tensor) -> Tensor:
+                chunk = idx[pos]
+                seed = batch_seed(self.seed, key, restart, int(chunk[0]))
+                with self.view(spec), seeded(seed, self.device):
+                    adv = perturb(chunk, seed)
+                record_adv_stats(stats, adv.detach(), self.x[chunk], eps)
+                return self.predict(adv.detach()) != self.y[chunk]
+
+            broken[alive] = self.map(alive, attack, desc=f"{key} r{restart}").bool()
+        return broken
+
+
+def record_adv_stats(stats: dict, adv: Tensor, x: Tensor, eps: float | None) -> None:
+    """Facts check 3 needs: the largest excess over the budget, the value range, NaNs."""
+    flat = (adv - x).flatten(1)
+    if eps is not None:
+        stats["max_excess"] = max(stats.get("max_excess", 0.0), float(flat.abs().amax(1).max()) - eps)
+    stats["min"] = min(stats.get("min", 0.0), float(torch.nan_to_num(adv, nan=0.0).min()))
+    stats["max"] = max(stats.get("max", 1.0), float(torch.nan_to_num(adv, nan=1.0).max()))
+    stats["nan"] = stats.get("nan", 0) + int(torch.isnan(adv).flatten(1).any(1).sum())
+
+
+def _linf_cells(engine: Engine, spec: AttackSpec, grid: list[float], store: CellStore) -> dict[str, np.ndarray]:
+    """One Linf attack over the grid: a sample broken at a smaller budget is not attacked again."""
+    adapter = spec.build()
+    alive = engine.clean.clone()
+    out, direction = {}, None
+
+    def compute(eps: float, key: str) -> tuple[dict, dict]:
+        nonlocal direction
+        stats = {}
+        if eps > 0 and bool(alive.any()):
+            if isinstance(adapter, FGSM) and direction is None:
+                direction = _fgsm_direction(engine, adapter, spec)
+            idx = alive.nonzero().flatten()
+            perturb = _perturber(engine, spec, adapter, eps, direction)
+            alive[idx[engine.break_samples(spec, key, idx, eps, perturb, stats)]] = False
+        meta = {"attack": spec.name, "kind": spec.kind, "norm": "Linf", "eps": eps, "stats": stats}
+        return meta, {"robust": alive.cpu().numpy().copy()}
+
+    for eps in grid:
+        key = cell_key(spec.name, "Linf", eps)
+        out[key] = engine.cell(store, key, lambda: compute(eps, key))["robust"]
+        alive = torch.tensor(out[key], device=engine.device)
+    return out
+
+
+def _fgsm_direction(engine: Engine, adapter: FGSM, spec: AttackSpec) -> Tensor:
+    """FGSM's gradient sign for every clean-correct sample, once for the whole grid."""
+    direction = torch.zeros_like(engine.x)
+    idx = engine.clean.nonzero().flatten()
+
+    def grad(chunk: Tensor) -> Tensor:
+        with engine.view(spec):
+            return adapter.direction(engine.craft_model(spec), engine.x[chunk], engine.y[chunk])
+
+    if len(idx):
+        direction[idx] = engine.map(idx, grad, desc=f"{spec.name} gradient")
+    return direction
+
+
+def _perturber(engine: Engine, spec: AttackSpec, adapter, eps: float, direction: Tensor | None):
+    if direction is not None:
+        return lambda chunk, seed: adapter.step(engine.x[chunk], direction[chunk], eps)
+    craft = engine.craft_model(spec)
+    return lambda chunk, seed: adapter.perturb(craft, engine.x[chunk], engine.y[chunk], eps, seed)
+
+
+def _distance_cells(engine: Engine, spec: AttackSpec, grid: list[float], store: CellStore) -> tuple[dict, np.ndarray]:
+    """A minimum-distortion attack (CW) run once on every sample; robust at budget e iff its L2 distance exceeds e."""
+
+    def compute() -> tuple[dict, dict]:
+        stats = {}
+        dist = _distances(engine, spec, spec.build(), stats)
+        return {"attack": spec.name, "kind": spec.kind, "norm": "L2", "stats": stats}, {"distance": dist}
+
+    dist = engine.cell(store, f"{spec.name}|L2|distances", compute)["distance"]
+    clean = engine.clean.cpu().numpy()
+    return {cell_key(spec.name, "L2", eps): clean & (dist > eps) for eps in grid}, dist
+
+
+def _distances(engine: Engine, spec: AttackSpec, adapter, stats: dict) -> np.ndarray:
+    """Each sample's L2 distance to its adversarial example; inf where the attack failed, 0 where clean is wrong."""
+    craft = engine.craft_model(spec)
+
+    def attack(chunk: Tensor) -> Tensor:
+        seed = batch_seed(engine.seed, spec.name, int(chunk[0]))
+        with engine.view(spec), seeded(seed, engine.device):
+            adv = adapter.perturb(craft, engine.x[chunk], engine.y[chunk], None, seed)
+        record_adv_stats(stats, adv.detach(), engine.x[chunk], None)
+        d = (adv.detach() - engine.x[chunk]).flatten(1).norm(dim=1)
+        return torch.where(engine.predict(adv.detach()) != engine.y[chunk], d, torch.full_like(d, float("inf")))
+
+    dist = engine.map(torch.arange(len(engine.x), device=engine.device), attack, desc=f"{spec.name} (once)")
+    return torch.where(engine.clean, dist, torch.zeros_like(dist)).cpu().numpy().astype(np.float32)
+
+
+def _all_cells(engine: Engine, suite: Suite, store: CellStore):
+    """Run (or load) every cell; returns per-sample outcomes, each cell's spec and budget, skipped attacks, CW distances."""
+    cells, where, skipped, cw_l2 = {}, {}, [], None
+    for spec in suite.attacks:
+        if spec.source == "transfer" and engine.source is None:
+            skipped.append({"attack": spec.name, "reason": "no transfer source model (pass --transfer-from CKPT)"})
+            continue
+        if spec.build().minimum_distortion:
+            grid = suite.l2_eps
+            found, dist = _distance_cells(engine, spec, grid, store)
+            cw_l2 = dist if cw_l2 is None else cw_l2
+        else:
+            grid = suite.eps
+            found = _linf_cells(engine, spec, grid, store)
+        cells.update(found)
+        where.update({key: (spec, spec.norm, eps) for key, eps in zip(found, grid)})
+    return cells, where, skipped, cw_l2
+
+
+def _summarise(engine: Engine, suite: Suite, info: dict, dataset: str, cells: dict, where: dict,
+               skipped: list) -> dict:
+    """results.json content (DESIGN 2b): clean, per-cell and worst-case records, checks."""
+    worst = worst_case(cells, {k: (w[1], w[2]) for k, w in where.items()})
+    records = [{"attack": spec.name, "kind": spec.kind, "norm": norm, "eps": eps, "view": spec.view,
+                "source": spec.source, "black_box": spec.black_box, **robust_record(cells[key])}
+               for key, (spec, norm, eps) in where.items()]
+    worst_records = [{"norm": norm, "eps": eps, **robust_record(v)} for (norm, eps), v in worst.items()]
+    clean = engine.clean.cpu().numpy()
+    clean_rec = robust_record(clean)
+    return {"model": info.get("name", "model"), "dataset": dataset, "n": int(clean.size), "suite": suite.name,
+            "standard_eps": suite.standard_eps, "eps": suite.eps, "l2_eps": suite.l2_eps,
+            "clean": {"correct": clean_rec.pop("robust"), **clean_rec},
+            "cells": records, "worst_case": worst_records, "skipped": skipped}
+
+
+def _fingerprint(suite: Suite, x: Tensor, y: Tensor, seed: int, model_info: dict | None, deploy: str | None) -> str:
+    """What makes two sweeps the same sweep: suite, data, seed, model identity; resume refuses anything else."""
+    data = hashlib.sha256(x.detach().cpu().float().numpy().tobytes() + y.cpu().numpy().tobytes()).hexdigest()
+    return config_hash({"suite": suite.to_dict(), "data": data, "seed": seed, "deploy": deploy,
+                        "model": (model_info or {}).get("sha256") or (model_info or {}).get("name")})
+
+
+def _prepare_folder(out: Path, fingerprint: str, resume: bool) -> None:
+    run_file = out / "run.json"
+    if not run_file.is_file():
+        return
+    if not resume:
+        raise RunFolderError(f"{out} already holds a sweep; pass --resume to finish it, or choose another -o folder")
+    if read_json(run_file, "run file").get("fingerprint") != fingerprint:
+        raise RunFolderError(f"{out} holds a different sweep (suite, data, seed or model differ); resume needs the same "
+                             "arguments, or choose another -o folder")
+
+
+def _validate(x: Tensor, y: Tensor) -> None:
+    if x.ndim != 4 or not torch.is_floating_point(x):
+        raise BadInput(f"images must be a float NCHW tensor, got {tuple(x.shape)} {x.dtype}")
+    if len(x) != len(y) or len(x) == 0:
+        raise BadInput(f"need as many labels as images (and at least one), got {len(x)} images, {len(y)} labels")
+    if torch.isnan(x).any() or x.min() < 0 or x.max() > 1:
+        raise BadInput(f"images must lie in [0, 1] without NaN (got {float(x.min()):.3g}..{float(x.max()):.3g}); "
+                       "put mean/std normalisation inside the model, not in the data")
+
+
+def jpeg_tables(model: nn.Module) -> dict | None:
+    """Quantisation steps of the model's first JPEG layer ({"luma": 8x8, "chroma": 8x8 or None}); None without one."""
+    layers = jpeg_layers(model)
+    if not layers:
+        return None
+    steps = layers[0].steps().detach().cpu()
+    return {"luma": steps[0].tolist(), "chroma": steps[1].tolist() if len(steps) > 1 else None}
+
+
+def _spent(engine: Engine) -> dict[str, int]:
+    """Per-sample passes this sweep cost, including cells finished before a resume."""
+    return {k: engine.tally[k] + engine.reused[k] for k in engine.tally}
+
+
+def _deployed(model: nn.Module, mode: str | None):
+    """The whole sweep under one JPEG mode (e.g. 'hard', the quantiser a deployed codec uses)."""
+    return nullcontext() if mode is None else jpeg_mode(model, mode)
+
+
+def run_sweep(model: nn.Module, x: Tensor, y: Tensor, suite: Suite, out_dir: Path, *, seed: int = 0,
+              device="cpu", resume: bool = False, model_info: dict | None = None,
+              transfer_source: nn.Module | None = None, batch_size: int = 256, progress: bool = True,
+              indices: Tensor | None = None, dataset: str = "unknown", deploy_mode: str | None = None) -> dict:
+    """Attack `model` with every attack of `suite` over its grid; write the run folder; return results.json."""
+    from robustjpeg import checks
+
+    _validate(x, y)
+    out, t0 = Path(out_dir), time.perf_counter()
+    fingerprint = _fingerprint(suite, x, y, seed, model_info, deploy_mode)
+    _prepare_folder(out, fingerprint, resume)
+    info = dict(model_info or {"name": type(model).__name__})
+    info.setdefault("jpeg_tables", jpeg_tables(model))
+    device = resolve_device(device) if isinstance(device, str) else torch.device(device)
+    run = {"status": "running", "fingerprint": fingerprint, "suite": suite.to_dict(), "model": info, "dataset": dataset,
+           "n": len(y), "seed": seed, "deploy_mode": deploy_mode, "versions": library_versions(),
+           "device": device_description(device), "batch_size": batch_size,
+           "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    write_run(out, run)
+    with _deployed(model, deploy_mode), torch.enable_grad():
+        torch.manual_seed(seed)
+        engine = Engine(model, x, y, seed=seed, device=device, batch_size=batch_size, progress=progress,
+                        transfer_source=transfer_source)
+        cells, where, skipped, cw_l2 = _all_cells(engine, suite, CellStore(out))
+        results = _summarise(engine, suite, info, dataset, cells, where, skipped)
+        attack_passes, t_checks = _spent(engine), time.perf_counter()
+        results["checks"] = checks.run_checks(engine, suite, cells, where, results, info)
+        run.update(passes_attacks=attack_passes, wall_time_checks_s=round(time.perf_counter() - t_checks, 3))
+    results["checks_failed"] = sum(c["status"] == "FAIL" for c in results["checks"])
+    worst = worst_case(cells, {k: (w[1], w[2]) for k, w in where.items()})
+    write_samples(out, indices=np.arange(len(y)) if indices is None else np.asarray(indices), labels=y.cpu().numpy(),
+                  clean_correct=engine.clean.cpu().numpy(), cells=cells, worst=worst, cw_l2=cw_l2)
+    write_results(out, results)
+    run.update(status="complete", wall_time_s=round(time.perf_counter() - t0, 3), passes=_spent(engine),
+               batch_size_final=engine.batch_size,
+               finished=datetime.now(timezone.utc).isoformat(timespec="seconds"), checks_failed=results["checks_failed"])
+    write_run(out, run)
+    return {"schema": "robustjpeg.results/1", **results}
+
+
+def _plain_torchattack(model: nn.Module, spec: AttackSpec, eps: float):
+    """The torchattacks object a plain loop would build for one attack at one budget."""
+    import torchattacks
+
+    a = spec.build()
+    if spec.kind == "fgsm":
+        return torchattacks.FGSM(model, eps=eps)
+    if spec.kind == "pgd":
+        return torchattacks.PGD(model, eps=eps, alpha=a.rel_stepsize * eps / a.steps, steps=a.steps,
+                                random_start=a.random_start)
+    if spec.kind == "cw":
+        return torchattacks.CW(model, c=a.c, kappa=a.kappa, steps=a.steps, lr=a.lr)
+    raise ConfigError(f"the reference loop covers fgsm, pgd and cw only, not {spec.kind!r} ({spec.name})")
+
+
+def reference_sweep(model: nn.Module, x: Tensor, y: Tensor, suite: Suite, *, batch_size: int = 256) -> tuple[dict, dict]:
+    """The naive loop the engine's savings are measured and verified against: every attack at every budget on every
+    sample through plain torchattacks calls; outcomes then combined like the engine's (clean-wrong and broken at a
+    smaller budget count as broken). Returns (cells, passes per attack name and "clean"); fgsm, pgd and cw kinds."""
+    passes = {"clean": {"forward": 0, "backward": 0}}
+    counted = PassCounter(model.eval(), passes["clean"])
+    with torch.no_grad():
+        clean = torch.cat([counted(xb).argmax(1) for xb in x.split(batch_size)]) == y
+    cells = {}
+    for spec in suite.attacks:
+        counted.tally = passes[spec.name] = {"forward": 0, "backward": 0}
+        alive = clean.clone()
+        for eps in (suite.l2_eps if spec.norm == "L2" else suite.eps):
+            attack = _plain_torchattack(counted, spec, eps)
+            for start in range(0, len(y), batch_size):
+                xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+                adv = attack(xb, yb)
+                with torch.no_grad():
+                    broken = counted(adv).argmax(1) != yb
+                if spec.norm == "L2":
+                    broken &= (adv - xb).flatten(1).norm(dim=1) <= eps
+                alive[start:start + batch_size] &= ~broken
+            cells[cell_key(spec.name, spec.norm, eps)] = alive.cpu().numpy().copy()
+    return cells, passes

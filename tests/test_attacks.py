@@ -1,0 +1,95 @@
+"""Attack adapters do what their libraries do, minus the known traps; suite files load or fail naming the line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torchattacks
+
+from robustjpeg.attacks import ATTACKS, FGSM, PGD, AutoAttack, Square, UniformNoise, load_suite
+from robustjpeg.errors import ConfigError, UnknownName
+from sweep_models import eval_set, trained_cnn, write_suite
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", ["quick", "standard", "adaptive"])
+def test_packaged_suite_is_identical_to_the_repository_copy(name):
+    packaged = REPO / "robustjpeg" / "suites" / f"{name}.toml"
+    assert packaged.read_bytes() == (REPO / "attacks" / f"{name}.toml").read_bytes()
+    suite = load_suite(name)
+    assert suite.name == name and len(suite.eps) >= 6 and 0.0 in suite.eps
+
+
+def test_standard_suite_has_the_attacks_the_protocol_needs():
+    suite = load_suite("standard")
+    kinds = {a.kind for a in suite.attacks}
+    assert {"fgsm", "pgd", "cw", "autoattack", "square"} <= kinds and len(suite.eps) >= 8
+    pgd = [a for a in suite.attacks if a.name == "pgd"][0]
+    assert pgd.params["steps"] >= 20 and pgd.restarts > 1 and max(suite.eps) == pytest.approx(16 / 255)
+
+
+def test_adaptive_suite_crafts_through_the_straight_through_view():
+    suite = load_suite("adaptive")
+    assert {a.kind for a in suite.attacks if a.view == "ste"} == {"pgd", "apgd"}
+    assert any(a.source == "transfer" for a in suite.attacks) and any(a.kind == "noise" for a in suite.attacks)
+
+
+@pytest.mark.parametrize("body, line, words", [
+    ('eps = ["0"]\n[[attacks]]\nname = "a"\nkind = "fgsm"\n[[attacks]]\nname = "b"\nkind = "deepfool"\n', 9, "unknown attack 'deepfool'"),
+    ('eps = ["0", "8"]\n[[attacks]]\nname = "a"\nkind = "fgsm"\n', 3, "outside [0, 1]"),
+    ('eps = ["0"]\n[[attacks]]\nname = "a"\n', 4, "missing required field 'kind'"),
+    ('eps = ["0"]\n[[attacks]]\nname = "a"\nkind = "pgd"\nstep = 3\n', 7, "no parameter 'step'"),
+    ('eps = ["0"]\n[[attacks]]\nname = "a"\nkind = "pgd"\nsteps = "ten"\n', 7, "steps must be int"),
+    ('eps = ["0"]\n[[attacks]]\nname = "a"\nkind = "cw"\nrestarts = 3\n', 7, "runs once per sample"),
+])
+def test_bad_suite_error_names_line_and_problem(tmp_path, body, line, words):
+    path = write_suite(tmp_path, 'name = "t"\nstandard_eps = "0.3"\n' + body)
+    with pytest.raises(ConfigError) as err:
+        load_suite(path)
+    assert f"line {line}" in str(err.value) and words in str(err.value)
+
+
+def test_unknown_suite_name_lists_the_shipped_ones():
+    with pytest.raises(UnknownName, match="quick, standard, adaptive"):
+        load_suite("fastest")
+
+
+def test_fgsm_from_a_reused_direction_equals_torchattacks_fgsm():
+    model, (x, y) = trained_cnn(), eval_set(32)
+    direction = FGSM().direction(model, x, y)
+    for eps in (1 / 255, 8 / 255, 0.3):
+        assert torch.equal(FGSM.step(x, direction, eps), torchattacks.FGSM(model, eps=eps)(x, y))
+
+
+def test_pgd_step_scales_with_budget_so_large_budgets_are_reached():
+    """torchattacks' default step (2/255, 10 steps) cannot move past 20/255; the adapter's scaled step can."""
+    model, (x, y) = trained_cnn(), eval_set(16)
+    adv = PGD(steps=10, random_start=False).perturb(model, x, y, 0.3, seed=0)
+    reach = (adv - x).abs().flatten(1).amax(1)
+    assert float(reach.max()) > 20 / 255 + 1e-3 and float(reach.max()) <= 0.3 + 1e-6
+
+
+def test_official_autoattack_is_the_registered_autoattack_and_breaks_an_undefended_model():
+    assert ATTACKS.get("autoattack") is AutoAttack
+    model, (x, y) = trained_cnn(), eval_set(6)
+    adv = AutoAttack().perturb(model, x, y, 0.3, seed=0)
+    assert float((adv - x).abs().max()) <= 0.3 + 1e-6
+    assert int((model(adv).argmax(1) == y).sum()) == 0
+
+
+def test_square_is_black_box_and_stays_in_budget():
+    model, (x, y) = trained_cnn(), eval_set(8)
+    adv = Square(queries=100).perturb(model, x, y, 0.2, seed=0)
+    assert Square.black_box and float((adv - x).abs().max()) <= 0.2 + 1e-6 and 0 <= float(adv.min()) <= float(adv.max()) <= 1
+    assert int((model(adv).argmax(1) != y).sum()) > int((model(x).argmax(1) != y).sum())
+
+
+def test_uniform_noise_is_fixed_by_its_seed_and_in_budget():
+    _, (x, y) = trained_cnn(), eval_set(8)
+    a, b = (UniformNoise().perturb(None, x, y, 0.1, seed=5) for _ in range(2))
+    assert torch.equal(a, b) and float((a - x).abs().max()) <= 0.1 + 1e-7
+    assert not torch.equal(a, UniformNoise().perturb(None, x, y, 0.1, seed=6))

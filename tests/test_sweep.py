@@ -1,0 +1,185 @@
+"""The sweep engine gives the naive torchattacks loop's per-sample results for fewer passes, resumes exactly, and
+writes the run folder of the contract."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import one_thread
+from robustjpeg.attacks import PGD, Suite, load_suite
+from robustjpeg.cli import EXIT_CHECK_FAILED, EXIT_OK, EXIT_USAGE, main
+from robustjpeg.data import eval_tensors, load_dataset
+from robustjpeg.errors import BadInput, RunFolderError
+from robustjpeg.results import cell_metas, read_run
+from robustjpeg.sweep import reference_sweep, run_sweep
+from sweep_models import eval_set, suite_toml, trained_cnn, write_suite
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+FGSM = {"name": "fgsm", "kind": "fgsm"}
+DETERMINISTIC = suite_toml(["0", "2/255", "8/255", "16/255", "32/255", "64/255"], FGSM,
+                           {"name": "pgd", "kind": "pgd", "steps": 5, "random_start": False},
+                           {"name": "cw", "kind": "cw", "c": 5.0, "steps": 20, "lr": 0.05}, l2_eps=[0.0, 0.5, 1.0, 2.0])
+
+
+@pytest.fixture(scope="module")
+def deterministic_runs(tmp_path_factory):
+    """One engine run and one naive loop over the same model, digits and deterministic suite."""
+    folder = tmp_path_factory.mktemp("det")
+    suite = load_suite(write_suite(folder, DETERMINISTIC))
+    with one_thread():
+        model, (x, y) = trained_cnn(), eval_set(80)
+        with torch.no_grad():  # the engine turns gradients back on where attacks need them
+            results = run_sweep(model, x, y, suite, folder / "run", batch_size=32, progress=False)
+        naive, naive_passes = reference_sweep(model, x, y, suite, batch_size=32)
+    return read_run(folder / "run"), results, naive, naive_passes
+
+
+def test_sweep_matches_naive_torchattacks_loop_sample_by_sample(deterministic_runs):
+    run, _, naive, _ = deterministic_runs
+    assert list(run.samples["cell_keys"]) == list(naive)
+    for key, robust in naive.items():
+        assert np.array_equal(run.cell(key), robust), f"{key}: engine and naive loop disagree on some samples"
+
+
+def test_sweep_spends_fewer_passes_than_naive_loop(deterministic_runs):
+    run, _, _, naive_passes = deterministic_runs
+    engine = sum(run.run["passes_attacks"].values())
+    naive = sum(sum(p.values()) for p in naive_passes.values())
+    assert engine < 0.6 * naive, (run.run["passes_attacks"], naive_passes)
+
+
+def test_budget_zero_equals_clean_accuracy(deterministic_runs):
+    _, results, _, _ = deterministic_runs
+    zero = [c for c in results["cells"] if c["eps"] == 0]
+    assert len(zero) == 3
+    assert all(c["robust"] == results["clean"]["correct"] for c in zero)
+    assert results["checks"][0]["status"] == "PASS"
+
+
+def test_every_adversarial_example_is_in_budget_and_range(deterministic_runs):
+    run, _, _, _ = deterministic_runs
+    attacked = [m["stats"] for m in cell_metas(run.folder) if m["stats"]]
+    assert attacked, "no cell crafted an adversarial example"
+    for stats in attacked:
+        assert stats.get("max_excess", 0.0) <= 1e-6 and stats["min"] >= 0 and stats["max"] <= 1 and stats["nan"] == 0
+
+
+def test_run_folder_follows_the_contract(deterministic_runs):
+    run, results, _, _ = deterministic_runs
+    assert run.run["status"] == "complete" and run.run["passes"]["backward"] > 0 and run.run["wall_time_s"] > 0
+    assert results["clean"]["accuracy"] == pytest.approx(run.samples["clean_correct"].mean())
+    cell = results["cells"][0]
+    assert {"attack", "kind", "norm", "eps", "n", "robust", "accuracy", "ci95"} <= set(cell)
+    assert [c["id"] for c in results["checks"]] == list(range(1, 17))
+    assert run.samples["robust"].shape == (len(run.samples["cell_keys"]), 80)
+    cw = run.samples["cw_l2"]
+    assert np.isinf(cw[run.samples["clean_correct"]]).sum() < run.samples["clean_correct"].sum(), "CW broke nothing"
+    worst = run.samples["worst"][list(run.samples["worst_keys"]).index("Linf|0.1254902")]
+    assert np.array_equal(worst, run.cell("fgsm|Linf|0.1254902") & run.cell("pgd|Linf|0.1254902"))
+
+
+class Killed(Exception):
+    pass
+
+
+def test_kill_and_resume_give_identical_results(tmp_path, monkeypatch):
+    suite = load_suite(write_suite(tmp_path, suite_toml(["0", "4/255", "16/255", "48/255"], {"name": "pgd", "kind": "pgd", "steps": 4, "restarts": 2})))
+    model, (x, y) = trained_cnn(), eval_set(40)
+    whole = run_sweep(model, x, y, suite, tmp_path / "whole", seed=3, progress=False)
+    calls, original = [], PGD.perturb
+
+    def dies_on_third_call(self, *args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise Killed
+        return original(self, *args)
+
+    monkeypatch.setattr(PGD, "perturb", dies_on_third_call)
+    with pytest.raises(Killed):
+        run_sweep(model, x, y, suite, tmp_path / "cut", seed=3, progress=False)
+    finished = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cut" / "cells").glob("*.npz")}
+    assert finished and json.loads((tmp_path / "cut" / "run.json").read_text())["status"] == "running"
+    monkeypatch.setattr(PGD, "perturb", original)
+    resumed = run_sweep(model, x, y, suite, tmp_path / "cut", seed=3, resume=True, progress=False)
+    assert {p: (tmp_path / "cut" / "cells" / p).stat().st_mtime_ns for p in finished} == finished, "finished cells redone"
+    assert [c["robust"] for c in resumed["cells"]] == [c["robust"] for c in whole["cells"]]
+    assert np.array_equal(read_run(tmp_path / "cut").samples["robust"], read_run(tmp_path / "whole").samples["robust"])
+
+
+def test_existing_run_folder_needs_resume_and_the_same_sweep(tmp_path):
+    suite = load_suite(write_suite(tmp_path, suite_toml(["0", "8/255"], FGSM)))
+    model, (x, y) = trained_cnn(), eval_set(20)
+    run_sweep(model, x, y, suite, tmp_path / "run", progress=False)
+    with pytest.raises(RunFolderError, match="--resume"):
+        run_sweep(model, x, y, suite, tmp_path / "run", progress=False)
+    with pytest.raises(RunFolderError, match="different sweep"):
+        run_sweep(model, x, y, suite, tmp_path / "run", seed=1, resume=True, progress=False)
+
+
+def test_normalised_inputs_are_refused_with_hint(tmp_path):
+    model, (x, y) = trained_cnn(), eval_set(10)
+    with pytest.raises(BadInput, match="inside the model"):
+        run_sweep(model, (x - 0.5) / 0.25, y, load_suite("quick"), tmp_path / "run", progress=False)
+
+
+class RunsOutOfMemoryAbove(torch.nn.Module):
+    """Stands in for a GPU that cannot hold more than `limit` images at once."""
+
+    def __init__(self, model, limit):
+        super().__init__()
+        self.model, self.limit = model, limit
+
+    def forward(self, x):
+        if len(x) > self.limit:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.model(x)
+
+
+def test_batch_halves_on_out_of_memory_and_results_do_not_change(tmp_path):
+    suite = load_suite(write_suite(tmp_path, suite_toml(["0", "8/255", "32/255"], {"name": "pgd", "kind": "pgd", "steps": 3, "random_start": False})))
+    model, (x, y) = trained_cnn(), eval_set(40)
+    small = run_sweep(model, x, y, suite, tmp_path / "small", batch_size=8, progress=False)
+    halved = run_sweep(RunsOutOfMemoryAbove(model, 10), x, y, suite, tmp_path / "halved", batch_size=64, progress=False)
+    assert [c["robust"] for c in halved["cells"]] == [c["robust"] for c in small["cells"]]
+    run = json.loads((tmp_path / "halved" / "run.json").read_text())
+    assert run["batch_size"] == 64 and run["batch_size_final"] <= 10
+
+
+def test_undefended_model_falls_to_zero_at_standard_budget_and_chance_at_one(tmp_path):
+    suite = load_suite(write_suite(tmp_path, suite_toml(["0", "0.1", "0.3"], {"name": "pgd", "kind": "pgd", "steps": 10})))
+    results = run_sweep(trained_cnn(), *eval_set(40), suite, tmp_path / "run", progress=False)
+    checks = {c["id"]: c for c in results["checks"]}
+    assert checks[13]["status"] == "PASS", checks[13]
+    assert checks[5]["status"] == "PASS", checks[5]
+
+
+def test_suite_in_run_json_reads_back_as_the_same_suite(deterministic_runs):
+    run, _, _, _ = deterministic_runs
+    suite = Suite.from_dict(run.run["suite"])
+    assert suite.to_dict() == run.run["suite"] and [a.name for a in suite.attacks] == ["fgsm", "pgd", "cw"]
+
+
+def test_sweep_command_needs_an_output_folder(capsys):
+    assert main(["sweep", "model.pt", "--dataset", "mnist5k"]) == EXIT_USAGE
+    assert "-o/--out" in capsys.readouterr().err
+
+
+def test_sweep_command_wires_model_data_suite_and_eps_override(tmp_path, monkeypatch):
+    """The command end to end on mnist5k, with the model loader stood in by the tests' CNN."""
+    loaders = types.SimpleNamespace(load_model=lambda source, device: (trained_cnn(), {"name": "tiny", "sha256": "0"}))
+    monkeypatch.setitem(sys.modules, "robustjpeg.loading", loaders)
+    suite = write_suite(tmp_path, suite_toml(["0", "0.3"], FGSM))
+    code = main(["sweep", "m.pt", "--dataset", "mnist5k", "-n", "20", "--suite", str(suite), "--eps", "0,0.1",
+                 "-o", str(tmp_path / "run"), "--device", "cpu"])
+    run = read_run(tmp_path / "run")
+    assert code in (EXIT_OK, EXIT_CHECK_FAILED) and run.results["n"] == 20 and run.results["model"] == "tiny"
+    assert sorted({c["eps"] for c in run.results["cells"]}) == [0.0, 0.1]
+    expected = eval_tensors(load_dataset("mnist5k"), 20, 0)[2].numpy()
+    assert run.run["dataset"] == "mnist5k" and np.array_equal(run.samples["indices"], expected)

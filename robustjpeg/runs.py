@@ -1,7 +1,7 @@
-"""Read a finished sweep run folder (run.json, results.json, samples.npz) into one Run object.
+"""Read a finished sweep run folder (run.json, results.json, samples.npz) into one validated Run object.
 
-Report, compare and history read run folders only through `load_run`, so a change of the
-folder format touches this module alone.
+Report, compare and history read run folders only through `load_run`, which builds on the sweep's own
+reader (`results.read_run`): the folder format is written and read in one module, and checked here.
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ import numpy as np
 
 from robustjpeg.errors import RunFolderError
 from robustjpeg.io import read_json
+from robustjpeg.results import read_run
 
-RESULTS_SCHEMA = "robustjpeg.results/1"
-RUN_SCHEMA = "robustjpeg.run/1"
 _RESULTS_KEYS = ("model", "dataset", "n", "clean", "cells", "worst_case", "checks")
 _SAMPLE_KEYS = ("indices", "labels", "clean_correct", "cell_keys", "robust", "worst_keys", "worst")
 
@@ -97,19 +96,19 @@ def load_run(path: Path, label: str = "") -> Run:
     path = Path(path)
     if not path.is_dir():
         raise RunFolderError(f"run folder {path} does not exist; pass the -o folder of a finished `robustjpeg sweep`")
-    facts = read_json(path / "run.json", "run facts")
-    _require(facts.get("schema") == RUN_SCHEMA, path / "run.json",
-             f"schema is {facts.get('schema')!r}, expected {RUN_SCHEMA!r}")
-    _require(facts.get("status") == "complete", path / "run.json",
-             f"status is {facts.get('status')!r}: the sweep did not finish; rerun it with --resume")
-    results = read_json(path / "results.json", "results")
-    _require(results.get("schema") == RESULTS_SCHEMA, path / "results.json",
-             f"schema is {results.get('schema')!r}, expected {RESULTS_SCHEMA!r}")
-    missing = [k for k in _RESULTS_KEYS if k not in results]
+    status = read_json(path / "run.json", "run file").get("status")
+    _require(status == "complete", path / "run.json",
+             f"status is {status!r}: the sweep did not finish; rerun it with --resume")
+    try:
+        raw = read_run(path)
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise RunFolderError(f"{path / 'samples.npz'} cannot be read ({exc}); rerun the sweep") from exc
+    missing = [k for k in _RESULTS_KEYS if k not in raw.results]
     _require(not missing, path / "results.json", f"lacks the fields {missing}")
-    outcomes = _load_outcomes(path / "samples.npz", int(results["n"]))
-    _agree(results, outcomes, path)
-    return Run(path=path, facts=facts, results=results, outcomes=outcomes, label=label or str(results["model"]))
+    outcomes = _outcomes(raw.samples, path / "samples.npz", int(raw.results["n"]))
+    _agree(raw.results, outcomes, path)
+    return Run(path=path, facts=raw.run, results=raw.results, outcomes=outcomes,
+               label=label or str(raw.results["model"]))
 
 
 def load_runs(paths: list[Path]) -> list[Run]:
@@ -128,14 +127,7 @@ def _require(ok: bool, path: Path, problem: str) -> None:
         raise RunFolderError(f"{path}: {problem}")
 
 
-def _load_outcomes(path: Path, n: int) -> Outcomes:
-    if not path.is_file():
-        raise RunFolderError(f"per-sample outcomes {path} are missing; rerun the sweep (with --resume) to write them")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise RunFolderError(f"per-sample outcomes {path} cannot be read ({exc}); rerun the sweep") from exc
+def _outcomes(arrays: dict[str, np.ndarray], path: Path, n: int) -> Outcomes:
     missing = [k for k in _SAMPLE_KEYS if k not in arrays]
     _require(not missing, path, f"lacks the arrays {missing}")
     _require(arrays["clean_correct"].shape == (n,), path,

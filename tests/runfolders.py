@@ -6,15 +6,14 @@ so the outcomes behave like a real sweep's (monotone in the budget, worst case =
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import re
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from robustjpeg.io import atomic_save_npz, atomic_write_json
-from robustjpeg.stats import accuracy_record
+from robustjpeg.checks import CHECKS
+from robustjpeg.results import cell_key, robust_record, worst_case, write_results, write_run, write_samples
 
 LINF = [0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255]
 L2 = [0.0, 0.25, 0.5, 1.0]
@@ -22,69 +21,50 @@ L2 = [0.0, 0.25, 0.5, 1.0]
 ATTACKS = [("fgsm", "fgsm", "Linf", 1.4), ("pgd", "pgd", "Linf", 1.0), ("square", "square", "Linf", 1.2),
            ("cw", "cw", "L2", 1.0)]
 L2_PER_LINF = 40.0  # a sample's L2 radius relative to its Linf radius
-CHECK_NAMES = ["eps0_equals_clean", "inputs_in_range", "adversarials_in_budget", "monotone_in_eps", "eps1_to_chance",
-               "iterative_beats_single_step", "more_steps_no_better", "blackbox_not_stronger", "gradient_health",
-               "deterministic", "bpda_not_stronger", "noise_weaker_than_attack", "baseline_breaks",
-               "attacks_see_logits", "worst_case_per_sample", "intervals_reported"]
+CHECK_NAMES = [check.__name__ for check in CHECKS]
 
 
 def make_run(path: Path, model: str = "resnet20", *, n: int = 300, scale: float = 3 / 255, clean_rate: float = 0.8,
              sample_seed: int = 0, jitter_seed: int | None = None, attacks=ATTACKS, fail: dict | None = None,
              jpeg: bool = False, dataset: str = "cifar10", index_seed: int = 7,
              finished: str = "2026-11-26T12:01:24+00:00") -> Path:
-    """Write run.json, results.json and samples.npz for a synthetic but internally consistent sweep."""
+    """Write run.json, results.json and samples.npz, through the sweep's own writers, for a synthetic sweep."""
     rng = np.random.default_rng(sample_seed)
     clean = rng.random(n) < clean_rate
     radius = rng.exponential(scale, n)
     if jitter_seed is not None:
         radius = radius * np.random.default_rng(jitter_seed).lognormal(0.0, 0.05, n)
-    robust = {}
+    robust, where = {}, {}
     for name, kind, norm, strength in attacks:
         grid, unit = (LINF, 1.0) if norm == "Linf" else (L2, L2_PER_LINF)
         for eps in grid:
-            robust[(name, kind, norm, eps)] = clean & (radius * unit * strength > eps) if eps > 0 else clean.copy()
-    worst = _worst(robust)
-    results = _results(model, dataset, n, clean, robust, worst, _checks({6: _iterative_check(robust), **(fail or {})}))
-    path.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path / "results.json", results)
-    atomic_write_json(path / "run.json", {**_facts(model, dataset, n, jpeg), "finished": finished})
-    cw = np.where(clean, radius * L2_PER_LINF, 0.0).astype(np.float32)
+            key = cell_key(name, norm, eps)
+            robust[key] = clean & (radius * unit * strength > eps) if eps > 0 else clean.copy()
+            where[key] = (name, kind, norm, eps)
+    worst = worst_case(robust, {key: (norm, eps) for key, (_, _, norm, eps) in where.items()})
+    checks = _checks({6: _iterative_check(robust, where), **(fail or {})})
+    write_results(path, _results(model, dataset, n, clean, robust, where, worst, checks))
+    write_run(path, {**_facts(model, dataset, n, jpeg), "finished": finished})
     indices = np.sort(np.random.default_rng(index_seed).choice(10000, n, replace=False))
-    atomic_save_npz(path / "samples.npz", indices=indices,
-                    labels=np.arange(n) % 10, clean_correct=clean,
-                    cell_keys=np.array([f"{a}|{norm}|{eps!r}" for a, _, norm, eps in robust]),
-                    robust=np.stack(list(robust.values())),
-                    worst_keys=np.array([f"{norm}|{eps!r}" for norm, eps in worst]),
-                    worst=np.stack(list(worst.values())), cw_l2=cw)
+    write_samples(path, indices=indices, labels=np.arange(n) % 10, clean_correct=clean, cells=robust, worst=worst,
+                  cw_l2=np.where(clean, radius * L2_PER_LINF, 0.0))
     return path
 
 
-def _worst(robust: dict) -> dict:
-    worst: dict = {}
-    for (_, _, norm, eps), ok in robust.items():
-        worst[(norm, eps)] = worst.get((norm, eps), ok) & ok
-    return worst
+def _results(model, dataset, n, clean, robust, where, worst, checks) -> dict:
+    clean_rec = robust_record(clean)
+    cells = [{"attack": a, "kind": k, "norm": norm, "eps": eps, **robust_record(robust[key])}
+             for key, (a, k, norm, eps) in where.items()]
+    return {"model": model, "dataset": dataset, "n": n, "suite": "quick", "standard_eps": 8 / 255, "eps": LINF,
+            "l2_eps": L2, "clean": {"correct": clean_rec.pop("robust"), **clean_rec}, "cells": cells,
+            "worst_case": [{"norm": norm, "eps": eps, **robust_record(ok)} for (norm, eps), ok in worst.items()],
+            "skipped": [{"attack": "transfer", "reason": "no transfer source model (pass --transfer-from CKPT)"}],
+            "checks": checks}
 
 
-def _record(ok: np.ndarray, key: str) -> dict:
-    rec = accuracy_record(int(ok.sum()), ok.size)
-    return {"n": rec["n"], key: int(ok.sum()), "accuracy": rec["accuracy"], "ci95": rec["ci95"]}
-
-
-def _results(model, dataset, n, clean, robust, worst, checks) -> dict:
-    cells = [{"attack": a, "kind": k, "norm": norm, "eps": eps, **_record(ok, "robust")}
-             for (a, k, norm, eps), ok in robust.items()]
-    return {"schema": "robustjpeg.results/1", "model": model, "dataset": dataset, "n": n,
-            "clean": {key: v for key, v in _record(clean, "correct").items() if key != "n"},
-            "cells": cells,
-            "worst_case": [{"norm": norm, "eps": eps, **_record(ok, "robust")} for (norm, eps), ok in worst.items()],
-            "checks": checks, "suite": "quick", "standard_eps": 8 / 255, "eps": LINF, "l2_eps": L2,
-            "skipped": [{"attack": "transfer", "reason": "no transfer source model (pass --transfer-from CKPT)"}]}
-
-
-def _iterative_check(robust: dict) -> tuple:
+def _iterative_check(robust: dict, where: dict) -> tuple:
     """Check 6 measured on the outcomes: how far PGD accuracy rises above FGSM's at any budget."""
-    acc = {(a, eps): ok.mean() for (a, _, _, eps), ok in robust.items()}
+    acc = {(where[key][0], where[key][3]): ok.mean() for key, ok in robust.items()}
     gap = max((acc[("pgd", eps)] - acc[("fgsm", eps)] for (a, eps) in acc if a == "pgd" and ("fgsm", eps) in acc),
               default=0.0)
     if gap > 0.01:

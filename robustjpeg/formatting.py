@@ -25,17 +25,17 @@ def points(delta: float) -> str:
     return f"{100 * delta:+.{DIGITS}f}"
 
 
-def on_255_grid(eps: float) -> bool:
-    """Linf budgets people write as k/255: whole k (8/255), or half k below 1/255 (0.5/255); not 0.3."""
+def written_per_255(eps: float) -> bool:
+    """Linf budgets people write as k/255: whole k (8/255) or half k below 1/255 (0.5/255), unless a short
+    decimal says the same (0.2, not 51/255)."""
     k2 = eps * 510
-    return abs(k2 - round(k2)) < 1e-3 and (round(k2) % 2 == 0 or eps < 1 / 255)
+    short = abs(eps * 1000 - round(eps * 1000)) < 1e-6
+    return not short and abs(k2 - round(k2)) < 1e-3 and (round(k2) % 2 == 0 or eps < 1 / 255)
 
 
 def eps_text(norm: str, eps: float) -> str:
-    """A budget without its norm: Linf budgets on the 1/255 grid as '8/255', others as decimals ('0.3', '0.5')."""
-    if eps == 0:
-        return "0"
-    if norm == "Linf" and on_255_grid(eps):
+    """A budget without its norm: '8/255' for Linf budgets written per 255, else a decimal ('0.3', '0.5')."""
+    if norm == "Linf" and written_per_255(eps):
         return f"{round(eps * 510) / 2:g}/255"
     return f"{eps:.4g}"
 

@@ -106,7 +106,7 @@ def accuracy_curves(runs: list[Run], path: Path) -> Path:
 
 def _curve_panel(ax, title: str, norm: str, series: dict, colours: dict, standard: set[float]) -> None:
     budgets = sorted({r["eps"] for recs in series.values() for r in recs})
-    per_255 = norm == "Linf" and all(fmt.on_255_grid(e) for e in budgets)
+    per_255 = norm == "Linf" and all(fmt.written_per_255(e) for e in budgets if e > 0)
     for label, recs in series.items():
         xs = [_x(per_255, r["eps"]) for r in recs]
         ax.plot(xs, [100 * r["accuracy"] for r in recs], ms=5, label=label, **colours[label])
@@ -150,7 +150,8 @@ def clean_vs_robust(runs: list[Run], path: Path) -> Path:
             if robust is not None:
                 bars.append(("robust", robust, "#08519c", width / 2))
             for name, rec, colour, dx in bars:
-                _bar(ax, i + dx, width, rec, colour, name if i == 0 else None)
+                hatch = "///" if name == "robust" and run.unreliable else None
+                _bar(ax, i + dx, width, rec, colour, name if i == 0 else None, hatch)
         ax.set_xticks(range(len(runs)), [_bar_label(r) for r in runs])
         ax.grid(axis="x", visible=False)
         for tick, run in zip(ax.get_xticklabels(), runs):
@@ -158,16 +159,21 @@ def clean_vs_robust(runs: list[Run], path: Path) -> Path:
         ax.set_ylim(0, 108)
         ax.set_ylabel("accuracy (%)")
         eps = sorted({fmt.budget("Linf", r.standard_eps) for r in runs if r.standard_eps is not None})
-        ax.set_title(f"Clean and robust accuracy at {', '.join(eps) or 'the standard budget'}\n"
-                     "(robust = worst case over all attacks; error bars: 95% Wilson intervals)", fontsize=10)
+        lines = [f"Clean and robust accuracy at {', '.join(eps) or 'the standard budget'}",
+                 "robust = worst case over all attacks; error bars: 95% Wilson intervals"]
+        lines += ["hatched: a sanity check failed, so the robust figure is unreliable"] if any(
+            r.unreliable for r in runs) else []
+        ax.set_title("\n".join(lines), fontsize=10)
         fig.legend(loc="outside lower center", ncol=2, frameon=False)
         return _save(fig, path)
 
 
-def _bar(ax, x: float, width: float, rec: dict, colour: str, label: str | None) -> None:
+def _bar(ax, x: float, width: float, rec: dict, colour: str, label: str | None, hatch: str | None) -> None:
+    """One bar with its 95% interval and value; hatched when the figure cannot be trusted."""
     acc = 100 * rec["accuracy"]
     lo, hi = (100 * v for v in rec["ci95"])
-    ax.bar(x, acc, width, color=colour, label=label, yerr=[[acc - lo], [hi - acc]], capsize=3, ecolor="0.25")
+    ax.bar(x, acc, width, color=colour, label=label, yerr=[[acc - lo], [hi - acc]], capsize=3, ecolor="0.25",
+           hatch=hatch, edgecolor="white" if hatch else None)
     ax.annotate(fmt.pct(rec["accuracy"]), (x, hi), xytext=(0, 2), textcoords="offset points", ha="center",
                 va="bottom", fontsize=8)
 

@@ -11,6 +11,7 @@ from runfolders import ATTACKS, assert_real_png, make_run, markdown_tables, pars
 
 from robustjpeg.cli import EXIT_OK, EXIT_USAGE, main
 from robustjpeg.errors import RunFolderError
+from robustjpeg.formatting import budget
 from robustjpeg.report import write_report
 from robustjpeg.runs import load_run
 
@@ -229,3 +230,10 @@ def test_cli_report_writes_report(tmp_path, capsys):
     assert (tmp_path / "out" / "report.md").is_file()
     assert main(["report", str(run)]) == EXIT_USAGE
     assert "-o/--out" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("norm, eps, text", [("Linf", 8 / 255, "8/255"), ("Linf", 0.5 / 255, "0.5/255"),
+                                             ("Linf", 0.3, "0.3"), ("Linf", 0.2, "0.2"), ("Linf", 0.0, "0"),
+                                             ("Linf", 0.015686275, "4/255"), ("L2", 0.5, "0.5")])
+def test_budgets_read_as_people_write_them(norm, eps, text):
+    assert budget(norm, eps) == f"{norm} {text}"

@@ -216,17 +216,16 @@ def _sweep_all(bench: Benchmark, models: dict, infos: dict, out: Path, device, s
                log: Log) -> list[Path]:
     from robustjpeg.attacks import load_suite
     from robustjpeg.data import eval_tensors, load_dataset
-    from robustjpeg.sweep import run_sweep
+    from robustjpeg.sweep import run_sweep, sweep_fingerprint
 
     ds = load_dataset(bench.dataset, bench.data_root, bench.download)
     x, y, idx = eval_tensors(ds, bench.num_examples, bench.seed)
     run_dirs = []
     for entry in bench.models:
         for suite_name in suites_override or entry.suites or bench.suites:
-            suite = load_suite(suite_name)
-            if eps is not None:
-                suite = suite.with_eps(eps)
-            run_dir = out / "runs" / entry.name / suite.name
+            suite = load_suite(suite_name).with_eps(eps)
+            key = sweep_fingerprint(suite, x, y, bench.seed, infos[entry.name], None)
+            run_dir = out / "runs" / entry.name / f"{suite.name}-{key[:8]}"
             log(f"{entry.name}: sweeping suite {suite.name!r} on {len(y)} images -> {run_dir}")
             source = models[entry.transfer_from] if entry.transfer_from else None
             results = run_sweep(models[entry.name], x, y, suite, run_dir, seed=bench.seed, device=device,

@@ -272,7 +272,7 @@ def _summarise(engine: Engine, suite: Suite, info: dict, dataset: str, cells: di
             "cells": records, "worst_case": worst_records, "skipped": skipped}
 
 
-def _fingerprint(suite: Suite, x: Tensor, y: Tensor, seed: int, model_info: dict | None, deploy: str | None) -> str:
+def sweep_fingerprint(suite: Suite, x: Tensor, y: Tensor, seed: int, model_info: dict | None, deploy: str | None) -> str:
     """What makes two sweeps the same sweep: suite, data, seed, model identity; resume refuses anything else."""
     data = hashlib.sha256(x.detach().cpu().float().numpy().tobytes() + y.cpu().numpy().tobytes()).hexdigest()
     return config_hash({"suite": suite.to_dict(), "data": data, "seed": seed, "deploy": deploy,
@@ -328,7 +328,7 @@ def run_sweep(model: nn.Module, x: Tensor, y: Tensor, suite: Suite, out_dir: Pat
 
     _validate(x, y)
     out, t0 = Path(out_dir), time.perf_counter()
-    fingerprint = _fingerprint(suite, x, y, seed, model_info, deploy_mode)
+    fingerprint = sweep_fingerprint(suite, x, y, seed, model_info, deploy_mode)
     _prepare_folder(out, fingerprint, resume)
     info = dict(model_info or {"name": type(model).__name__})
     info.setdefault("jpeg_tables", jpeg_tables(model))

@@ -284,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     except RobustJpegError as exc:
         print(f"robustjpeg {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:
+        sys.stderr.close()
+        return EXIT_OK
     except KeyboardInterrupt:
         print(f"robustjpeg {args.command}: interrupted; finished work is saved, rerun with --resume", file=sys.stderr)
         return 130

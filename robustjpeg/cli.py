@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from fractions import Fraction
@@ -285,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"robustjpeg {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except BrokenPipeError:
-        sys.stderr.close()
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
     except KeyboardInterrupt:
         print(f"robustjpeg {args.command}: interrupted; finished work is saved, rerun with --resume", file=sys.stderr)

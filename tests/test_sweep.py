@@ -183,3 +183,16 @@ def test_sweep_command_wires_model_data_suite_and_eps_override(tmp_path, monkeyp
     assert sorted({c["eps"] for c in run.results["cells"]}) == [0.0, 0.1]
     expected = eval_tensors(load_dataset("mnist5k"), 20, 0)[2].numpy()
     assert run.run["dataset"] == "mnist5k" and np.array_equal(run.samples["indices"], expected)
+
+
+def test_sweep_leaves_batch_norm_in_eval_mode_and_its_statistics_untouched(tmp_path):
+    x, y = eval_set(40)
+    model = torch.nn.Sequential(torch.nn.BatchNorm2d(1), trained_cnn())
+    model[0](x)  # one pass in training mode gives the norm layer real running statistics
+    model.eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    suite = load_suite(write_suite(tmp_path, suite_toml(["0", "0.1"], FGSM, {"name": "pgd", "kind": "pgd", "steps": 3})))
+    results = run_sweep(model, x, y, suite, tmp_path / "run", progress=False)
+    assert not any(m.training for m in model.modules()), "the sweep left the model in training mode"
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "batch-norm statistics changed"
+    assert {c["id"]: c["status"] for c in results["checks"]}[1] == "PASS"

@@ -18,7 +18,7 @@ from robustjpeg.registry import Registry
 
 ATTACKS: Registry[type] = Registry("attack")
 SUITE_DIRS = (Path(__file__).resolve().parent / "suites", Path(__file__).resolve().parents[1] / "attacks")
-SHIPPED_SUITES = ("quick", "standard", "adaptive")
+SHIPPED_SUITES = ("quick", "standard", "adaptive", "adaptive-quick")
 VIEWS = ("soft", "hard", "ste")
 SOURCES = ("model", "transfer")
 
@@ -214,11 +214,10 @@ class Suite:
     def __post_init__(self) -> None:
         self.eps, self.l2_eps = sorted(set(map(float, self.eps))), sorted(set(map(float, self.l2_eps)))
 
-    def with_eps(self, eps: list[float] | None) -> "Suite":
-        """The same suite over another Linf grid (the CLI's --eps)."""
-        if eps is None:
-            return self
-        return dataclasses.replace(self, eps=eps)
+    def with_eps(self, eps: list[float] | None, standard_eps: float | None = None) -> "Suite":
+        """The same suite over another Linf grid (the CLI's --eps) and, optionally, another standard budget."""
+        return dataclasses.replace(self, eps=self.eps if eps is None else eps,
+                                   standard_eps=self.standard_eps if standard_eps is None else standard_eps)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

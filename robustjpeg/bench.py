@@ -22,13 +22,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from robustjpeg.budgets import parse_eps_list
 from robustjpeg.errors import ConfigError
 from robustjpeg.io import config_hash
 
 DEFAULT_FILE = Path(__file__).resolve().parent / "suites" / "bench-quick.toml"
 SECTION_KEYS = {
     "benchmark": {"name", "seed", "num_examples", "suites", "out", "history", "fail_on_drop", "batch_size",
-                  "description"},
+                  "description", "eps", "standard_eps"},
     "data": {"dataset", "root", "download"},
     "models": {"name", "train", "load", "suites", "transfer_from"},
 }
@@ -62,6 +63,8 @@ class Benchmark:
     history: Path | None = None
     fail_on_drop: float | None = None
     batch_size: int = 256
+    eps: list[float] | None = None
+    standard_eps: float | None = None
 
 
 def _check_keys(table: dict, allowed: set[str], where: str, path: Path) -> None:
@@ -79,6 +82,17 @@ def _typed(value: Any, kind: type | tuple, key: str, path: Path) -> Any:
 def _path(value: str | None) -> Path | None:
     """Paths in a benchmark file are relative to the folder the command runs in, like paths on the CLI."""
     return None if value is None else Path(value).expanduser()
+
+
+def _budgets(head: dict, key: str, path: Path):
+    """benchmark.eps (a list) or benchmark.standard_eps (one budget), fractions allowed; None when absent."""
+    if key not in head:
+        return None
+    try:
+        values = parse_eps_list(head[key] if isinstance(head[key], list) else [head[key]])
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: benchmark.{key}: {exc}") from exc
+    return values if isinstance(head[key], list) else values[0]
 
 
 def _parse_model(entry: dict, i: int, path: Path) -> ModelEntry:
@@ -121,7 +135,8 @@ def load_benchmark(path: Path | str | None = None) -> Benchmark:
         data_root=data.get("root"), download=bool(data.get("download", False)),
         out=_path(head.get("out")), history=_path(head.get("history")),
         fail_on_drop=_typed(head.get("fail_on_drop"), (int, float), "benchmark.fail_on_drop", path),
-        batch_size=_typed(head.get("batch_size", 256), int, "benchmark.batch_size", path))
+        batch_size=_typed(head.get("batch_size", 256), int, "benchmark.batch_size", path),
+        eps=_budgets(head, "eps", path), standard_eps=_budgets(head, "standard_eps", path))
     _check_models(bench)
     return bench
 
@@ -223,7 +238,7 @@ def _sweep_all(bench: Benchmark, models: dict, infos: dict, out: Path, device, s
     run_dirs = []
     for entry in bench.models:
         for suite_name in suites_override or entry.suites or bench.suites:
-            suite = load_suite(suite_name).with_eps(eps)
+            suite = load_suite(suite_name).with_eps(eps or bench.eps, bench.standard_eps)
             key = sweep_fingerprint(suite, x, y, bench.seed, infos[entry.name], None)
             run_dir = out / "runs" / entry.name / f"{suite.name}-{key[:8]}"
             log(f"{entry.name}: sweeping suite {suite.name!r} on {len(y)} images -> {run_dir}")

@@ -6,32 +6,13 @@ import argparse
 import os
 import sys
 import traceback
-from fractions import Fraction
 from pathlib import Path
 
 from robustjpeg import __version__
+from robustjpeg.budgets import parse_eps_list
 from robustjpeg.errors import ConfigError, RobustJpegError
 
 EXIT_OK, EXIT_CRASH, EXIT_USAGE, EXIT_REGRESSION, EXIT_CHECK_FAILED = 0, 1, 2, 3, 4
-
-
-def parse_fraction(text: str) -> float:
-    """'8/255' or '0.03' -> float; the CLI and suite files share this."""
-    try:
-        return float(Fraction(text.strip()))
-    except (ValueError, ZeroDivisionError) as exc:
-        raise ConfigError(f"{text!r} is not a number or fraction such as 8/255") from exc
-
-
-def parse_eps_list(text: str) -> list[float]:
-    """'0,1/255,0.3' -> [0.0, 0.0039..., 0.3], each checked to lie in [0, 1]."""
-    values = [parse_fraction(part) for part in text.split(",") if part.strip()]
-    if not values:
-        raise ConfigError("--eps needs at least one budget, e.g. --eps 0,2/255,8/255")
-    bad = [v for v in values if not 0.0 <= v <= 1.0]
-    if bad:
-        raise ConfigError(f"--eps budgets must lie in [0, 1] (image range), got {bad}; write 8/255, not 8")
-    return values
 
 
 def _common(p: argparse.ArgumentParser, evaluates: bool = False, suite: bool = False) -> None:
@@ -127,45 +108,7 @@ def _run_train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-# --- sweep ---------------------------------------------------------------------------------------
-
-def _add_sweep(p: argparse.ArgumentParser) -> None:
-    _common(p, evaluates=True, suite=True)
-    p.add_argument("checkpoint", help="model to attack: a checkpoint file or a name load_model understands")
-    p.add_argument("--dataset", required=True, help="evaluation data set name, e.g. mnist5k, cifar10, imagefolder:PATH")
-    p.add_argument("--data-root", type=Path, default=None, help="folder holding the data set files")
-    p.add_argument("--download", action="store_true", help="allow downloading the data set if it is missing")
-    p.add_argument("--resume", action="store_true", help="finish an interrupted sweep in -o, redoing nothing that finished")
-    p.add_argument("--transfer-from", default=None, metavar="CKPT", help="source model for transfer attacks (adaptive suite)")
-    p.add_argument("--jpeg-mode", choices=["soft", "hard", "ste"], default=None,
-                   help="evaluate the model with every JPEG layer in this mode (hard = a deployed codec)")
-    p.add_argument("--batch-size", type=int, default=256, help="images per attack batch; halves itself on GPU out-of-memory")
-
-
-def _run_sweep(args: argparse.Namespace) -> int:
-    if args.out is None:
-        raise ConfigError("sweep needs -o/--out RUN_DIR, the folder the results go to")
-    from robustjpeg.attacks import load_suite
-    from robustjpeg.data import eval_tensors, load_dataset
-    from robustjpeg.io import resolve_device
-    from robustjpeg.loading import load_model
-    from robustjpeg.sweep import run_sweep
-
-    suite = load_suite(args.suite or "quick").with_eps(args.eps)
-    device = resolve_device(args.device)
-    model, info = load_model(args.checkpoint, device=device)
-    source = load_model(args.transfer_from, device=device)[0] if args.transfer_from else None
-    x, y, indices = eval_tensors(load_dataset(args.dataset, args.data_root, args.download), args.num_examples, args.seed)
-    results = run_sweep(model, x, y, suite, args.out, seed=args.seed, device=device, resume=args.resume,
-                        model_info=info, transfer_source=source, batch_size=args.batch_size, indices=indices,
-                        dataset=args.dataset, deploy_mode=args.jpeg_mode)
-    worst = [w for w in results["worst_case"] if w["norm"] == "Linf" and w["eps"] == suite.standard_eps]
-    headline = f", worst case at eps {suite.standard_eps:.4g}: {worst[0]['accuracy']:.4f}" if worst else ""
-    print(f"{args.out}: clean {results['clean']['accuracy']:.4f}{headline}; checks failed: {results['checks_failed']}")
-    return EXIT_CHECK_FAILED if results["checks_failed"] else EXIT_OK
-
-
-# --- eval ----------------------------------------------------------------------------------------
+# --- sweep and eval ------------------------------------------------------------------------------
 
 def parse_floats(text: str) -> tuple[float, ...]:
     """'0.485,0.456,0.406' -> (0.485, 0.456, 0.406), for --mean and --std."""
@@ -177,6 +120,8 @@ def parse_floats(text: str) -> tuple[float, ...]:
 
 def _add_model_source_args(p: argparse.ArgumentParser) -> None:
     """Flags saying how to build and load a model that is not one of ours (eval and sweep share them)."""
+    p.add_argument("checkpoint", nargs="?", default=None, metavar="CHECKPOINT",
+                   help="checkpoint file (.pt/.pth/.th, safetensors, TorchScript), model-spec .toml, or robustbench:NAME")
     g = p.add_argument_group("model source")
     g.add_argument("--arch", default=None, help="architecture of a weights-only file: ours (e.g. resnet20), torchvision:NAME or timm:NAME")
     g.add_argument("--num-classes", type=int, default=None, help="classes of the model (default: read from the file)")
@@ -189,57 +134,81 @@ def _add_model_source_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--spec", type=Path, default=None, help="model-spec TOML naming the checkpoint and all of the above; flags win over it")
 
 
-def _model_source(args: argparse.Namespace, checkpoint: str | None) -> tuple[str, dict]:
-    """(source, load_model keyword arguments) from the model-source flags; --spec stands in for CHECKPOINT."""
-    if checkpoint and args.spec:
-        raise ConfigError(f"give CHECKPOINT or --spec, not both (the spec names its checkpoint): {checkpoint}, {args.spec}")
-    if not (checkpoint or args.spec):
-        raise ConfigError("name the model: CHECKPOINT (a file or robustbench:NAME) or --spec FILE.toml")
-    kwargs = dict(arch=args.arch, num_classes=args.num_classes, mean=args.mean, std=args.std, input_size=args.input_size,
-                  trust=args.trust_checkpoint, threat_model=args.threat_model, model_dir=args.model_dir)
-    return str(checkpoint or args.spec), kwargs
-
-
-def _add_eval(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", nargs="?", default=None, metavar="CHECKPOINT",
-                   help="checkpoint file (.pt/.pth/.th, safetensors, TorchScript), model-spec .toml, or robustbench:NAME")
-    p.add_argument("--dataset", required=True, help="evaluation data, e.g. cifar10, mnist5k, imagefolder:PATH")
-    p.add_argument("--data-root", type=Path, default=None, help="folder holding the dataset files")
-    p.add_argument("--download", action="store_true", help="allow downloading the dataset or a missing RobustBench checkpoint")
+def _add_sweep_args(p: argparse.ArgumentParser) -> None:
     _common(p, evaluates=True, suite=True)
     _add_model_source_args(p)
+    p.add_argument("--dataset", required=True, help="evaluation data, e.g. mnist5k, cifar10, imagefolder:PATH")
+    p.add_argument("--data-root", type=Path, default=None, help="folder holding the data set files")
+    p.add_argument("--download", action="store_true", help="allow downloading the data set or a missing RobustBench checkpoint")
+    p.add_argument("--resume", action="store_true", help="finish an interrupted sweep, redoing nothing that finished")
+    p.add_argument("--transfer-from", default=None, metavar="CKPT", help="source model for transfer attacks (adaptive suite)")
+    p.add_argument("--jpeg-mode", choices=["soft", "hard", "ste"], default=None,
+                   help="evaluate the model with every JPEG layer in this mode (hard = a deployed codec)")
+    p.add_argument("--batch-size", type=int, default=256, help="images per attack batch; halves itself on GPU out-of-memory")
 
 
-def _run_eval(args: argparse.Namespace) -> int:
-    from robustjpeg.io import resolve_device
+def _load(args: argparse.Namespace, device):
+    """The model named by CHECKPOINT / --spec and the model-source flags, as (model, info)."""
     from robustjpeg.loading import load_model
 
-    if args.out is None:
-        raise ConfigError("eval needs -o/--out DIR for the run folder and the report")
-    device = resolve_device(args.device)
-    source, kwargs = _model_source(args, args.checkpoint)
-    model, info = load_model(source, device=device, download=args.download, **kwargs)
-    return _sweep_and_report(args, model, info, device)
+    if args.checkpoint and args.spec:
+        raise ConfigError(f"give CHECKPOINT or --spec, not both (the spec names its checkpoint): {args.checkpoint}, {args.spec}")
+    if not (args.checkpoint or args.spec):
+        raise ConfigError("name the model: CHECKPOINT (a file or robustbench:NAME) or --spec FILE.toml")
+    return load_model(str(args.checkpoint or args.spec), device=device, download=args.download, arch=args.arch,
+                      num_classes=args.num_classes, mean=args.mean, std=args.std, input_size=args.input_size,
+                      trust=args.trust_checkpoint, threat_model=args.threat_model, model_dir=args.model_dir)
 
 
-def _sweep_and_report(args: argparse.Namespace, model, info: dict, device) -> int:
-    """Evaluate a loaded model on the data subset with the suite, then write its report (eval's second half)."""
+def _sweep(args: argparse.Namespace, run_dir: Path) -> dict:
+    """Load the model and the evaluation subset, check they fit, and sweep the suite into run_dir."""
     from robustjpeg.attacks import load_suite
     from robustjpeg.data import eval_tensors, load_dataset
-    from robustjpeg.loading import check_class_count, fit_input_size
-    from robustjpeg.report import write_report
+    from robustjpeg.io import resolve_device
+    from robustjpeg.loading import check_class_count, fit_input_size, load_model
     from robustjpeg.sweep import run_sweep
 
     suite = load_suite(args.suite or "quick").with_eps(args.eps)
+    device = resolve_device(args.device)
+    model, info = _load(args, device)
+    source = load_model(args.transfer_from, device=device)[0] if args.transfer_from else None
     data = load_dataset(args.dataset, args.data_root, args.download)
     x, y, indices = eval_tensors(data, args.num_examples, args.seed)
     model = fit_input_size(model, info, x[:1].to(device))
     check_class_count(model, x[:2].to(device), len(data.classes), args.dataset)
-    run_dir = args.out / "runs" / info["name"]
-    results = run_sweep(model, x, y, suite, run_dir, seed=args.seed, device=device, model_info=info,
-                        indices=indices, dataset=args.dataset)
-    report = write_report([run_dir], args.out)
-    print(f"{report}: clean {results['clean']['accuracy']:.4f}; checks failed: {results['checks_failed']}")
+    results = run_sweep(model, x, y, suite, run_dir, seed=args.seed, device=device, resume=args.resume,
+                        model_info=info, transfer_source=source, batch_size=args.batch_size, indices=indices,
+                        dataset=args.dataset, deploy_mode=args.jpeg_mode)
+    worst = [w for w in results["worst_case"] if w["norm"] == "Linf" and w["eps"] == suite.standard_eps]
+    headline = f", worst case at eps {suite.standard_eps:.4g}: {worst[0]['accuracy']:.4f}" if worst else ""
+    print(f"{run_dir}: clean {results['clean']['accuracy']:.4f}{headline}; checks failed: {results['checks_failed']}")
+    return results
+
+
+def _add_sweep(p: argparse.ArgumentParser) -> None:
+    _add_sweep_args(p)
+
+
+def _run_sweep(args: argparse.Namespace) -> int:
+    if args.out is None:
+        raise ConfigError("sweep needs -o/--out RUN_DIR, the folder the results go to")
+    results = _sweep(args, args.out)
+    return EXIT_CHECK_FAILED if results["checks_failed"] else EXIT_OK
+
+
+def _add_eval(p: argparse.ArgumentParser) -> None:
+    _add_sweep_args(p)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from robustjpeg.report import write_report
+
+    if args.out is None:
+        raise ConfigError("eval needs -o/--out DIR for the run folder and the report")
+    name = Path(str(args.checkpoint or args.spec)).stem.replace("robustbench:", "")
+    run_dir = args.out / "runs" / name
+    results = _sweep(args, run_dir)
+    print(write_report([run_dir], args.out))
     return EXIT_CHECK_FAILED if results["checks_failed"] else EXIT_OK
 
 

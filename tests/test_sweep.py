@@ -4,8 +4,6 @@ writes the run folder of the contract."""
 from __future__ import annotations
 
 import json
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -172,11 +170,11 @@ def test_sweep_command_needs_an_output_folder(capsys):
 
 
 def test_sweep_command_wires_model_data_suite_and_eps_override(tmp_path, monkeypatch):
-    """The command end to end on mnist5k, with the model loader stood in by the tests' CNN."""
-    loaders = types.SimpleNamespace(load_model=lambda source, device: (trained_cnn(), {"name": "tiny", "sha256": "0"}))
-    monkeypatch.setitem(sys.modules, "robustjpeg.loading", loaders)
+    """The command end to end on mnist5k, the tests' CNN saved as a TorchScript file (it needs no --arch)."""
+    x, _ = eval_set(2)
+    torch.jit.trace(trained_cnn(), x).save(str(tmp_path / "tiny.pt"))
     suite = write_suite(tmp_path, suite_toml(["0", "0.3"], FGSM))
-    code = main(["sweep", "m.pt", "--dataset", "mnist5k", "-n", "20", "--suite", str(suite), "--eps", "0,0.1",
+    code = main(["sweep", str(tmp_path / "tiny.pt"), "--dataset", "mnist5k", "-n", "20", "--suite", str(suite), "--eps", "0,0.1",
                  "-o", str(tmp_path / "run"), "--device", "cpu"])
     run = read_run(tmp_path / "run")
     assert code in (EXIT_OK, EXIT_CHECK_FAILED) and run.results["n"] == 20 and run.results["model"] == "tiny"

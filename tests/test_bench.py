@@ -1,0 +1,113 @@
+"""`robustjpeg bench`: the embedded default runs end to end, resumes after a kill, and gates on regressions."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import one_thread
+from robustjpeg.attacks import PGD
+from robustjpeg.bench import DEFAULT_FILE, load_benchmark
+from robustjpeg.cli import EXIT_CRASH, EXIT_REGRESSION, EXIT_USAGE, main
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+N = "60"
+
+
+class Killed(Exception):
+    """Stands in for the process being killed in the middle of a sweep."""
+
+
+def _bench(out: Path, history: Path, *extra: str) -> int:
+    return main(["bench", "-n", N, "-o", str(out), "--history", str(history), "--device", "cpu", *extra])
+
+
+def _outcomes(out: Path) -> dict[str, np.ndarray]:
+    return {str(p.parent.relative_to(out)): np.load(p)["robust"] for p in sorted(out.glob("runs/*/*/samples.npz"))}
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    with one_thread():
+        code = _bench(root / "out", root / "history")
+    return root, code
+
+
+def test_packaged_default_benchmark_is_identical_to_the_repository_copy():
+    repo_copy = Path(__file__).resolve().parents[1] / "attacks" / "bench-quick.toml"
+    assert DEFAULT_FILE.read_text() == repo_copy.read_text()
+
+
+def test_default_benchmark_reports_both_models_with_plots_and_checks(default_run):
+    root, code = default_run
+    assert code in (0, 4), f"bench exited {code}"
+    report = (root / "out" / "report" / "report.md").read_text()
+    for model in ("baseline", "jpeg-dl"):
+        assert model in report
+    assert "PASS" in report, "the sanity-check table is missing"
+    images = [line.split("](")[1].split(")")[0] for line in report.splitlines() if line.startswith("![")]
+    assert images and all((root / "out" / "report" / img).is_file() for img in images)
+    assert set(_outcomes(root / "out")) == {"runs/baseline/" + p.name for p in (root / "out/runs/baseline").iterdir()} | \
+        {"runs/jpeg-dl/" + p.name for p in (root / "out/runs/jpeg-dl").iterdir()}
+
+
+def test_failed_checks_give_their_own_exit_code(default_run):
+    root, code = default_run
+    failed = [c for p in (root / "out").glob("runs/*/*/results.json")
+              for c in json.loads(p.read_text())["checks"] if c["status"] == "FAIL"]
+    assert code == (4 if failed else 0)
+
+
+def test_kill_in_the_middle_of_a_sweep_and_rerun_give_the_same_results(default_run, tmp_path, monkeypatch):
+    root, _ = default_run
+    shutil.copytree(root / "out" / "models", tmp_path / "out" / "models")  # training is reused, sweeps are cut
+    calls, original = [], PGD.perturb
+
+    def dies_on_fifth_call(self, *args):
+        calls.append(1)
+        if len(calls) == 5:
+            raise Killed
+        return original(self, *args)
+
+    monkeypatch.setattr(PGD, "perturb", dies_on_fifth_call)
+    assert _bench(tmp_path / "out", tmp_path / "history") == EXIT_CRASH
+    monkeypatch.setattr(PGD, "perturb", original)
+    _bench(tmp_path / "out", tmp_path / "history")
+    whole, resumed = _outcomes(root / "out"), _outcomes(tmp_path / "out")
+    assert whole.keys() == resumed.keys()
+    assert all(np.array_equal(whole[k], resumed[k]) for k in whole)
+
+
+def test_rerun_after_a_planted_better_run_exits_with_the_regression_code(default_run, tmp_path):
+    root, _ = default_run
+    history = tmp_path / "history"
+    shutil.copytree(root / "history", history)
+    record_path = sorted((history / "runs").glob("*baseline*.json"))[0]
+    planted = json.loads(record_path.read_text())
+    ones = np.packbits(np.ones(planted["n"], dtype=bool)).tobytes().hex()
+    planted["outcomes"]["clean"] = ones
+    for cell in planted["outcomes"]["worst"]:
+        cell["bits"] = ones
+    planted.update(id="planted", time="2000-01-01T00:00:00+00:00")
+    (history / "runs" / "20000101T000000-baseline-planted.json").write_text(json.dumps(planted))
+    shutil.copytree(root / "out", tmp_path / "out")
+    assert _bench(tmp_path / "out", history) == EXIT_REGRESSION
+
+
+def test_unknown_key_in_a_benchmark_file_is_named(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(DEFAULT_FILE.read_text().replace("seed = 0", "seeds = 0"))
+    assert main(["bench", str(bad)]) == EXIT_USAGE
+    assert "seeds" in capsys.readouterr().err
+
+
+def test_transfer_from_an_unknown_model_is_refused(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(DEFAULT_FILE.read_text().replace('transfer_from = "baseline"', 'transfer_from = "nobody"'))
+    with pytest.raises(Exception, match="nobody"):
+        load_benchmark(bad)

@@ -115,14 +115,17 @@ def _train_config(args: argparse.Namespace):
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    from robustjpeg.distributed import is_main, launch
     from robustjpeg.train import train
 
+    launch()  # under torchrun: join the process group and pick this rank's GPU before anything touches CUDA
     cfg = _train_config(args)
     out = args.out or Path("runs") / f"train-{cfg.dataset.replace(':', '_').replace('/', '_')}-{cfg.variant}-s{cfg.seed}"
     summary = train(cfg, out, resume=args.resume)
     test = summary["test"]
     lo, hi = test["ci95"]
-    print(f"test accuracy {test['accuracy']:.4f} (n={test['n']}, 95% CI {lo:.4f}-{hi:.4f}); checkpoint {summary['checkpoint']}")
+    if is_main():
+        print(f"test accuracy {test['accuracy']:.4f} (n={test['n']}, 95% CI {lo:.4f}-{hi:.4f}); checkpoint {summary['checkpoint']}")
     return EXIT_OK
 
 
@@ -146,9 +149,12 @@ def _run_sweep(args: argparse.Namespace) -> int:
         raise ConfigError("sweep needs -o/--out RUN_DIR, the folder the results go to")
     from robustjpeg.attacks import load_suite
     from robustjpeg.data import eval_tensors, load_dataset
+    from robustjpeg.distributed import is_main, launch
     from robustjpeg.io import resolve_device
     from robustjpeg.loading import load_model
     from robustjpeg.sweep import run_sweep
+
+    launch()
 
     suite = load_suite(args.suite or "quick").with_eps(args.eps)
     device = resolve_device(args.device)
@@ -160,7 +166,8 @@ def _run_sweep(args: argparse.Namespace) -> int:
                         dataset=args.dataset, deploy_mode=args.jpeg_mode)
     worst = [w for w in results["worst_case"] if w["norm"] == "Linf" and w["eps"] == suite.standard_eps]
     headline = f", worst case at eps {suite.standard_eps:.4g}: {worst[0]['accuracy']:.4f}" if worst else ""
-    print(f"{args.out}: clean {results['clean']['accuracy']:.4f}{headline}; checks failed: {results['checks_failed']}")
+    if is_main():
+        print(f"{args.out}: clean {results['clean']['accuracy']:.4f}{headline}; checks failed: {results['checks_failed']}")
     return EXIT_CHECK_FAILED if results["checks_failed"] else EXIT_OK
 
 

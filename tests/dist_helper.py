@@ -2,7 +2,7 @@
 
   python tests/dist_helper.py train ARGS...            robustjpeg train ARGS; each rank also saves its final
                                                         weights to OUT/rank-K.pt (K = its rank)
-  python tests/dist_helper.py sweep CKPT SUITE OUT N [--resume]
+  python tests/dist_helper.py sweep CKPT SUITE OUT N [--resume] [--device=D] [--batch-size=B]
                                                         sweep one of our checkpoints on N mnist5k test digits
 ROBUSTJPEG_TEST_DIE=R:K makes rank R exit abruptly right after saving its K-th cell file (a killed rank).
 """
@@ -48,10 +48,12 @@ def _die_after_saves() -> None:
 
 
 def sweep(checkpoint: str, suite: str, out: str, n: str, *flags: str) -> None:
+    opts = dict(flag[2:].split("=") for flag in flags if "=" in flag)
     model, _, _ = train_stage.load_trained(checkpoint)
     x, y, indices = eval_tensors(load_dataset("mnist5k"), int(n), seed=0)
-    run_sweep(model, x, y, load_suite(suite), Path(out), resume="--resume" in flags, batch_size=16, progress=False,
-              model_info={"name": "smallcnn"}, indices=indices, dataset="mnist5k")
+    run_sweep(model, x, y, load_suite(suite), Path(out), resume="--resume" in flags, device=opts.get("device", "cpu"),
+              batch_size=int(opts.get("batch-size", 16)), progress=False, model_info={"name": "smallcnn"},
+              indices=indices, dataset="mnist5k")
 
 
 if __name__ == "__main__":

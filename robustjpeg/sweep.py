@@ -333,6 +333,8 @@ def run_sweep(model: nn.Module, x: Tensor, y: Tensor, suite: Suite, out_dir: Pat
     """
     _validate(x, y)
     launch = distributed.launch()
+    if len(y) < launch.world:
+        raise ConfigError(f"{len(y)} samples cannot be shared by {launch.world} processes; raise -n or launch fewer")
     out, t0 = Path(out_dir), time.perf_counter()
     fingerprint = sweep_fingerprint(suite, x, y, seed, model_info, deploy_mode)
     _prepare_everywhere(out, fingerprint, resume, launch)

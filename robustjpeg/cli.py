@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from fractions import Fraction
@@ -184,21 +185,51 @@ def _run_eval(args: argparse.Namespace) -> int:
 # --- report --------------------------------------------------------------------------------------
 
 def _add_report(p: argparse.ArgumentParser) -> None:
+    p.add_argument("runs", nargs="*", type=Path, metavar="RUN", help="run folders written by `robustjpeg sweep`")
     _common(p)
+    p.add_argument("--history", type=Path, default=None, metavar="DIR",
+                   help="history folder: append these runs to it, then draw the trend and list regressions")
 
 
 def _run_report(args: argparse.Namespace) -> int:
-    raise ConfigError("report is not available yet")
+    from robustjpeg.history import append_history
+    from robustjpeg.report import write_report
+
+    if not args.runs and args.history is None:
+        raise ConfigError("report needs at least one RUN folder, or --history DIR for the trend alone")
+    if args.out is None:
+        raise ConfigError("report needs -o/--out DIR, the folder to write report.md and its figures into")
+    for run in args.runs if args.history is not None else []:
+        append_history(run, args.history)
+    print(write_report(args.runs, args.out, history=args.history))
+    return EXIT_OK
 
 
 # --- compare -------------------------------------------------------------------------------------
 
 def _add_compare(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_a", type=Path, metavar="RUN_A", help="the reference run folder (e.g. last night's)")
+    p.add_argument("run_b", type=Path, metavar="RUN_B", help="the run folder to judge against RUN_A")
     _common(p)
+    p.add_argument("--fail-on-drop", type=float, default=None, metavar="POINTS",
+                   help=f"exit {EXIT_REGRESSION} when clean or worst-case robust accuracy drops by more than POINTS "
+                        "percentage points with McNemar p < 0.05")
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-    raise ConfigError("compare is not available yet")
+    from robustjpeg.compare import compare_runs, regressions, render, write_compare
+
+    if args.fail_on_drop is not None and args.fail_on_drop < 0:
+        raise ConfigError(f"--fail-on-drop takes a non-negative number of points, not {args.fail_on_drop}")
+    result = compare_runs(args.run_a, args.run_b)
+    print(render(result))
+    if args.out is not None:
+        print(write_compare(result, args.out))
+    if args.fail_on_drop is not None and regressions(result, args.fail_on_drop):
+        print(f"robustjpeg compare: accuracy dropped by more than {args.fail_on_drop:g} points (p < 0.05)",
+              file=sys.stderr)
+        return EXIT_REGRESSION
+    return EXIT_OK
 
 
 # --- bench ---------------------------------------------------------------------------------------
@@ -261,6 +292,9 @@ def main(argv: list[str] | None = None) -> int:
     except RobustJpegError as exc:
         print(f"robustjpeg {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except KeyboardInterrupt:
         print(f"robustjpeg {args.command}: interrupted; finished work is saved, rerun with --resume", file=sys.stderr)
         return 130

@@ -90,6 +90,10 @@ def library_versions() -> dict[str, str]:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             out[name] = "not installed"
+    if out["robustjpeg"] == "not installed":
+        from robustjpeg import __version__
+
+        out["robustjpeg"] = f"{__version__} (source tree)"
     return out
 
 

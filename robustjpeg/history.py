@@ -1,0 +1,145 @@
+"""Run history for nightly jobs: one file per finished run, and the trend and regressions read back from them.
+
+Appending writes one new file named by the run's finishing time and a hash of its folder and content,
+through a temporary file and a rename. Two runs finishing at once therefore write two different files and never
+touch a shared index; the index is rebuilt by listing the folder on every read. Appending the same run
+twice rewrites the same file with the same content.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from robustjpeg import formatting as fmt
+from robustjpeg.compare import paired_change, row_label, significant
+from robustjpeg.errors import RunFolderError
+from robustjpeg.io import atomic_write_json, config_hash, read_json
+from robustjpeg.runs import Run, load_run, record_at
+
+SCHEMA = "robustjpeg.history/1"
+
+
+def _bits(ok: np.ndarray) -> str:
+    return np.packbits(np.asarray(ok, dtype=bool)).tobytes().hex()
+
+
+def _unbits(text: str, n: int) -> np.ndarray:
+    return np.unpackbits(np.frombuffer(bytes.fromhex(text), dtype=np.uint8))[:n].astype(bool)
+
+
+def history_record(run: Run) -> dict:
+    """What the history keeps of a run: its summary plus packed per-sample outcomes for paired trends."""
+    samples = config_hash([run.outcomes.indices.tolist(), run.outcomes.labels.tolist()])
+    time = str(run.facts.get("finished") or run.facts.get("started") or "")
+    identity = config_hash([str(run.path.resolve()), run.facts, run.results])
+    return {"schema": SCHEMA, "id": identity, "time": time,
+            "model": run.model, "dataset": run.dataset, "n": run.n, "seed": run.facts.get("seed"),
+            "suite": run.suite, "standard_eps": run.standard_eps, "unreliable": run.unreliable,
+            "path": str(run.path.resolve()), "samples": samples, "clean": run.clean,
+            "worst_case": run.results["worst_case"],
+            "outcomes": {"clean": _bits(run.outcomes.clean),
+                         "worst": [{"norm": norm, "eps": eps, "bits": _bits(ok)}
+                                   for (norm, eps), ok in run.outcomes.worst.items()]}}
+
+
+def append_history(run_dir: Path, history_dir: Path) -> Path:
+    """Add a finished run to the history folder as its own file, atomically; safe when runs finish at once."""
+    record = history_record(load_run(Path(run_dir)))
+    stamp = re.sub(r"[^0-9T]", "", record["time"].split("+")[0])[:15] or "undated"
+    path = Path(history_dir) / "runs" / f"{stamp}-{fmt.slug(record['model'])}-{record['id']}.json"
+    atomic_write_json(path, record)
+    return path
+
+
+def load_history(history_dir: Path) -> list[dict]:
+    """Every record in the history folder, oldest first (the index, rebuilt from the files on each read)."""
+    folder = Path(history_dir) / "runs"
+    if not folder.is_dir():
+        raise RunFolderError(f"history folder {history_dir} holds no runs/ folder; add runs with "
+                             f"`robustjpeg report RUN -o DIR --history {history_dir}`")
+    records = [read_json(p, "history record") for p in sorted(folder.glob("[!.]*.json"))]
+    bad = [r for r in records if not isinstance(r, dict) or r.get("schema") != SCHEMA]
+    if bad:
+        raise RunFolderError(f"{folder} holds files that are not {SCHEMA} records; move them out of the folder")
+    return sorted(records, key=lambda r: (r["time"], r["id"]))
+
+
+def _groups(records: list[dict]) -> dict[str, list[dict]]:
+    """Records per (model, data set, suite), labelled by the model name alone where that is unambiguous."""
+    keys = {(r["model"], r["dataset"], r["suite"]) for r in records}
+    models = [k[0] for k in keys]
+    groups: dict[str, list[dict]] = {}
+    for r in records:
+        label = r["model"] if models.count(r["model"]) == 1 else f"{r['model']} [{r['dataset']}, {r['suite']}]"
+        groups.setdefault(label, []).append(r)
+    return groups
+
+
+def _paired_rows(before: dict, after: dict) -> list[dict]:
+    """Paired changes between two records of the same samples: clean, then each shared worst-case budget."""
+    n = after["n"]
+    rows = [{"scope": "clean", "attack": None, "norm": None, "eps": None,
+             **paired_change(_unbits(before["outcomes"]["clean"], n), _unbits(after["outcomes"]["clean"], n))}]
+    for cell in after["outcomes"]["worst"]:
+        old = record_at(before["outcomes"]["worst"], cell["norm"], cell["eps"])
+        if old is not None:
+            rows.append({"scope": "worst case", "attack": None, "norm": cell["norm"], "eps": cell["eps"],
+                         **paired_change(_unbits(old["bits"], n), _unbits(cell["bits"], n))})
+    return rows
+
+
+def find_regressions(records: list[dict], points: float = 0.0) -> list[dict]:
+    """Significant drops (McNemar p < 0.05, more than `points`) between consecutive runs of each model."""
+    found = []
+    for label, group in _groups(records).items():
+        for before, after in zip(group, group[1:]):
+            if before["samples"] != after["samples"]:
+                continue
+            for row in significant(_paired_rows(before, after), -1, points):
+                found.append({"model": label, "before": before["time"], "after": after["time"], "id": after["id"],
+                              **row})
+    return found
+
+
+def _series(records: list[dict], regressions: list[dict]) -> dict[str, list[dict]]:
+    """Trend points per model: clean and standard-budget robust accuracy, flagged where they regressed."""
+    series = {}
+    for label, group in _groups(records).items():
+        points = []
+        for r in group:
+            eps = r.get("standard_eps")
+            robust = record_at(r["worst_case"], "Linf", eps)
+            mine = [g for g in regressions if g["id"] == r["id"]]
+            flagged = {"clean" for g in mine if g["scope"] == "clean"}
+            flagged |= {"robust" for g in mine if robust is not None and record_at([g], "Linf", eps) is not None}
+            points.append({"time": r["time"], "clean": r["clean"], "robust": robust,
+                           "robust_label": fmt.budget("Linf", eps) if robust else None, "regression": flagged})
+        series[label] = points
+    return series
+
+
+def history_section(history_dir: Path, png: Path) -> str:
+    """The report's History section: the trend plot (written to `png`) and the list of regressions."""
+    from robustjpeg import plots
+
+    records = load_history(history_dir)
+    if not records:
+        return f"## History\n\nThe history folder {Path(history_dir).name} holds no runs yet."
+    regressions = find_regressions(records)
+    plots.trend(_series(records, regressions), png)
+    models = len(_groups(records))
+    span = f"{fmt.when(records[0]['time'])} to {fmt.when(records[-1]['time'])}"
+    parts = [f"## History\n\n{len(records)} runs of {models} model(s), {span}.",
+             f"![Accuracy across runs]({png.name})"]
+    if regressions:
+        rows = [[g["model"], fmt.when(g["before"]), fmt.when(g["after"]), row_label(g), fmt.acc(g["a"]),
+                 fmt.acc(g["b"]), fmt.points(g["delta"]), fmt.pvalue(g["p"])] for g in regressions]
+        header = ["model", "previous run", "run", "budget", "before", "after", "change (points)", "McNemar p"]
+        parts.append("### Regressions\n\nSignificant drops (exact McNemar test, p < 0.05) between consecutive runs "
+                     "of a model on the same samples.\n\n" + fmt.table(header, rows))
+    else:
+        parts.append("### Regressions\n\nNone: no significant drop between consecutive runs of any model.")
+    return "\n\n".join(parts)

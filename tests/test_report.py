@@ -1,0 +1,239 @@
+"""report.md, its figures and the RobustBench-style JSON agree with the result files they are drawn from."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+from runfolders import ATTACKS, assert_real_png, make_run, markdown_tables, parse_accuracy
+
+from robustjpeg.cli import EXIT_OK, EXIT_USAGE, main
+from robustjpeg.errors import RunFolderError
+from robustjpeg.formatting import budget
+from robustjpeg.report import write_report
+from robustjpeg.runs import load_run
+
+# FGSM stronger than PGD: the shape of masked gradients, which check 6 must flag
+MASKED = [("fgsm", "fgsm", "Linf", 1.0), ("pgd", "pgd", "Linf", 1.6), ("aa", "autoattack", "Linf", 1.2),
+          ("cw", "cw", "L2", 1.0)]
+
+TINY_SUITE = """
+name = "tiny"
+description = "three budgets and short attacks: enough for a report test, not a robustness claim"
+norm = "Linf"
+eps = ["0", "0.1", "0.3"]
+standard_eps = "0.3"
+l2_eps = [0.0, 1.0, 2.0, 3.0]
+attacks = [{name = "fgsm", kind = "fgsm"},
+           {name = "pgd", kind = "pgd", steps = 5, rel_stepsize = 2.5, random_start = true},
+           {name = "cw", kind = "cw", c = 5.0, steps = 20, lr = 0.05}]
+"""
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    base = tmp_path_factory.mktemp("runs")
+    runs = [make_run(base / "baseline", "resnet20", scale=1.5 / 255, clean_rate=0.82),
+            make_run(base / "masked", "resnet20-masked", scale=3 / 255, clean_rate=0.78, attacks=MASKED)]
+    path = write_report(runs, base / "report")
+    results = {json.loads((r / "results.json").read_text())["model"]: json.loads((r / "results.json").read_text())
+               for r in runs}
+    return path, results
+
+
+def _budget(label: str) -> tuple[str, float]:
+    """'Linf 8/255' -> ('Linf', 8/255), read independently of the report's formatter."""
+    norm, value = label.rsplit(" ", 1)
+    top, _, bottom = value.partition("/")
+    return norm.split()[-1], float(top) / float(bottom or 1)
+
+
+def _close(shown: tuple, record: dict) -> None:
+    expected = [100 * record["accuracy"], 100 * record["ci95"][0], 100 * record["ci95"][1]]
+    assert shown == pytest.approx(expected, abs=0.05 + 1e-9), f"report shows {shown}, results.json has {expected}"
+
+
+def _model_columns(header: list[str]) -> dict[int, str]:
+    return {i: re.sub(r" \(n=\d+\)$", "", h) for i, h in enumerate(header) if i > 0}
+
+
+def _summary_matches(path, results: dict) -> None:
+    summary = next(t for t in markdown_tables(path.read_text()) if t[0] == "Summary")
+    assert {row[0] for row in summary[2]} == set(results)
+    for row in summary[2]:
+        res = results[row[0]]
+        assert int(row[2]) == res["n"]
+        _close(parse_accuracy(row[3]), res["clean"])
+        norm, eps = _budget(row[4])
+        worst = next(w for w in res["worst_case"] if w["norm"] == norm and np.isclose(w["eps"], eps))
+        _close(parse_accuracy(row[5]), worst)
+
+
+def _grids_match(path, results: dict) -> None:
+    seen = set()
+    for heading, header, rows in markdown_tables(path.read_text()):
+        if header[0] != "budget":
+            continue
+        attack = None if heading.startswith("Robust accuracy by budget") else heading.split()[0]
+        for row in rows:
+            for col, model in _model_columns(header).items():
+                if row[col] == "—":
+                    continue
+                if row[0] == "clean":
+                    _close(parse_accuracy(row[col]), results[model]["clean"])
+                    continue
+                norm, eps = _budget(row[0])
+                records = results[model]["worst_case"] if attack is None else \
+                    [c for c in results[model]["cells"] if c["attack"] == attack]
+                match = [r for r in records if r["norm"] == norm and np.isclose(r["eps"], eps)]
+                assert len(match) == 1, f"{heading}: no result for {row[0]} of {model}"
+                _close(parse_accuracy(row[col]), match[0])
+                seen.add((model, attack, norm, round(eps, 9)))
+    expected = {(m, c["attack"], c["norm"], round(c["eps"], 9)) for m, r in results.items() for c in r["cells"]}
+    expected |= {(m, None, w["norm"], round(w["eps"], 9)) for m, r in results.items() for w in r["worst_case"]}
+    assert seen == expected, f"cells missing from report.md: {sorted(expected - seen)[:5]}"
+
+
+def _images_are_real(path) -> None:
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", path.read_text())
+    assert "accuracy-vs-budget.png" in images and "clean-vs-robust.png" in images
+    for name in images:
+        assert_real_png(path.parent / name)
+
+
+def test_summary_table_matches_results_json(report):
+    _summary_matches(*report)
+
+
+def test_budget_and_attack_tables_hold_every_result_cell(report):
+    _grids_match(*report)
+
+
+def test_every_referenced_image_is_a_real_png(report):
+    _images_are_real(report[0])
+
+
+@pytest.fixture(scope="module")
+def real_report(request, tmp_path_factory):
+    """A trained JPEG-DL model swept as trained (soft quantiser) and with the hard quantiser, whose zero input
+    gradients mask every gradient attack: the sanity checks must catch the second one."""
+    pytest.importorskip("robustjpeg.sweep", reason="the sweep engine writes the real run folders")
+    trained = request.getfixturevalue("mnist_jpeg_run")
+    from conftest import one_thread
+
+    from robustjpeg.data import eval_tensors, load_dataset
+    from robustjpeg.sweep import load_suite, run_sweep
+    from robustjpeg.train import load_trained
+
+    base = tmp_path_factory.mktemp("real")
+    (base / "tiny.toml").write_text(TINY_SUITE)
+    x, y, idx = eval_tensors(load_dataset("mnist5k"), 40, seed=0)
+    model, spec, _ = load_trained(trained["checkpoint"])
+    runs = {"jpeg-soft": None, "jpeg-hard": "hard"}
+    with one_thread():
+        for name, mode in runs.items():
+            run_sweep(model, x, y, load_suite(base / "tiny.toml"), base / name, progress=False, indices=idx,
+                      dataset="mnist5k", model_info={"name": name, "spec": spec.to_dict()}, deploy_mode=mode)
+    path = write_report([base / name for name in runs], base / "report")
+    return path, {name: json.loads((base / name / "results.json").read_text()) for name in runs}
+
+
+def test_report_of_a_real_sweep_matches_its_results(real_report):
+    _summary_matches(*real_report)
+    _grids_match(*real_report)
+    _images_are_real(real_report[0])
+    assert "jpeg-tables-jpeg-soft.png" in real_report[0].read_text()
+
+
+def test_real_masked_gradients_fail_a_check_and_mark_the_model_unreliable(real_report):
+    path, _ = real_report
+    tables = {t[0].split(":")[0]: t for t in markdown_tables(path.read_text()) if t[1][:3] == ["#", "check", "status"]}
+    status = {name: {row[1]: row[2].strip("*") for row in t[2]} for name, t in tables.items()}
+    assert status["jpeg-hard"]["gradient_health"] == "FAIL"
+    assert status["jpeg-soft"]["gradient_health"] == "PASS"
+    for name, checks in status.items():
+        assert ("unreliable" in tables[name][0]) == ("FAIL" in checks.values()), f"{name}: verdict and table disagree"
+
+
+def test_check_table_fails_masked_run_and_passes_clean_one(report):
+    path, _ = report
+    tables = {t[0]: t for t in markdown_tables(path.read_text())}
+    clean = tables["resnet20: reliable (16 PASS)"]
+    assert {row[2] for row in clean[2]} == {"PASS"}
+    masked = next(t for h, t in tables.items() if h.startswith("resnet20-masked"))
+    assert "unreliable" in masked[0]
+    row6 = next(row for row in masked[2] if row[0] == "6")
+    assert row6[2].strip("*") == "FAIL" and float(row6[3]) > 0.01
+    summary = tables["Summary"][2]
+    assert "unreliable" in next(r for r in summary if r[0] == "resnet20-masked")[6]
+    assert "unreliable" not in next(r for r in summary if r[0] == "resnet20")[6]
+
+
+def test_robustbench_json_per_model(report):
+    path, results = report
+    for model, res in results.items():
+        entry = json.loads((path.parent / f"{model}.json").read_text())
+        assert float(entry["clean_acc"]) == pytest.approx(100 * res["clean"]["accuracy"], abs=0.005)
+        assert entry["eps"] == "8/255" and entry["threat_model"] == "Linf"
+        assert entry["unreliable"] == any(c["status"] == "FAIL" for c in res["checks"])
+    aa = next(c for c in results["resnet20-masked"]["cells"] if c["kind"] == "autoattack" and c["eps"] == 8 / 255)
+    masked = json.loads((path.parent / "resnet20-masked.json").read_text())
+    assert float(masked["autoattack_acc"]) == pytest.approx(100 * aa["accuracy"], abs=0.005)
+    assert "autoattack_acc" not in json.loads((path.parent / "resnet20.json").read_text())
+
+
+def test_jpeg_model_gets_table_heat_map(tmp_path):
+    pytest.importorskip("robustjpeg.jpeg", reason="the JPEG layer module provides the standard tables")
+    run = make_run(tmp_path / "jpeg", "resnet20-jpeg", n=60, jpeg=True)
+    path = write_report([run], tmp_path / "report")
+    images = re.findall(r"!\[[^\]]*\]\((jpeg-tables-[^)]+)\)", path.read_text())
+    assert images == ["jpeg-tables-resnet20-jpeg.png"]
+    assert_real_png(path.parent / images[0])
+
+
+@pytest.mark.parametrize("missing", ["run.json", "results.json", "samples.npz"])
+def test_broken_run_folder_names_the_missing_file(tmp_path, capsys, missing):
+    run = make_run(tmp_path / "run", n=40, attacks=ATTACKS[:2])
+    (run / missing).unlink()
+    with pytest.raises(RunFolderError, match=re.escape(missing)):
+        load_run(run)
+    assert main(["report", str(run), "-o", str(tmp_path / "out")]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert missing in err and "Traceback" not in err
+
+
+def test_partial_and_truncated_runs_are_refused_with_the_fix(tmp_path):
+    run = make_run(tmp_path / "run", n=40, attacks=ATTACKS[:2])
+    facts = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**facts, "status": "running"}))
+    with pytest.raises(RunFolderError, match="--resume"):
+        load_run(run)
+    (run / "run.json").write_text(json.dumps(facts))
+    (run / "results.json").write_text((run / "results.json").read_text()[:200])
+    with pytest.raises(RunFolderError, match="results.json is not valid JSON"):
+        load_run(run)
+
+
+def test_results_and_samples_from_different_runs_are_refused(tmp_path):
+    run = make_run(tmp_path / "run", n=40, attacks=ATTACKS[:2])
+    other = make_run(tmp_path / "other", n=40, attacks=ATTACKS[:2], scale=1 / 255)
+    (run / "samples.npz").write_bytes((other / "samples.npz").read_bytes())
+    with pytest.raises(RunFolderError, match="different runs"):
+        load_run(run)
+
+
+def test_cli_report_writes_report(tmp_path, capsys):
+    run = make_run(tmp_path / "run", n=40, attacks=ATTACKS[:2])
+    assert main(["report", str(run), "-o", str(tmp_path / "out")]) == EXIT_OK
+    assert (tmp_path / "out" / "report.md").is_file()
+    assert main(["report", str(run)]) == EXIT_USAGE
+    assert "-o/--out" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("norm, eps, text", [("Linf", 8 / 255, "8/255"), ("Linf", 0.5 / 255, "0.5/255"),
+                                             ("Linf", 0.3, "0.3"), ("Linf", 0.2, "0.2"), ("Linf", 0.0, "0"),
+                                             ("Linf", 0.015686275, "4/255"), ("L2", 0.5, "0.5")])
+def test_budgets_read_as_people_write_them(norm, eps, text):
+    assert budget(norm, eps) == f"{norm} {text}"

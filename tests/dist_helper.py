@@ -4,7 +4,8 @@
                                                         weights to OUT/rank-K.pt (K = its rank)
   python tests/dist_helper.py sweep CKPT SUITE OUT N [--resume] [--device=D] [--batch-size=B]
                                                         sweep one of our checkpoints on N mnist5k test digits
-ROBUSTJPEG_TEST_DIE=R:K makes rank R exit abruptly right after saving its K-th cell file (a killed rank).
+ROBUSTJPEG_TEST_DIE=R:K makes rank R exit abruptly right after saving its K-th cell file (a killed rank);
+ROBUSTJPEG_TEST_DIE_TRAINING=R:K the same after its K-th training checkpoint.
 """
 
 from __future__ import annotations
@@ -34,17 +35,19 @@ def _keep_rank_weights() -> None:
     train_stage._finish = wrapped
 
 
-def _die_after_saves() -> None:
-    rank, count = map(int, os.environ["ROBUSTJPEG_TEST_DIE"].split(":"))
-    save, saved = results.CellStore.save, []
+def _die_after(owner, name: str, spec: str) -> None:
+    """Make rank R exit abruptly right after its K-th call of owner.name (spec "R:K"): a killed rank."""
+    rank, count = map(int, spec.split(":"))
+    original, calls = getattr(owner, name), []
 
-    def wrapped(self, key, meta, **arrays):
-        save(self, key, meta, **arrays)
-        saved.append(key)
-        if read_launch().rank == rank and len(saved) == count:
+    def wrapped(*args, **kw):
+        result = original(*args, **kw)
+        calls.append(name)
+        if read_launch().rank == rank and len(calls) == count:
             os._exit(9)
+        return result
 
-    results.CellStore.save = wrapped
+    setattr(owner, name, wrapped)
 
 
 def sweep(checkpoint: str, suite: str, out: str, n: str, *flags: str) -> None:
@@ -59,7 +62,9 @@ def sweep(checkpoint: str, suite: str, out: str, n: str, *flags: str) -> None:
 if __name__ == "__main__":
     command, *rest = sys.argv[1:]
     if "ROBUSTJPEG_TEST_DIE" in os.environ:
-        _die_after_saves()
+        _die_after(results.CellStore, "save", os.environ["ROBUSTJPEG_TEST_DIE"])
+    if "ROBUSTJPEG_TEST_DIE_TRAINING" in os.environ:
+        _die_after(train_stage, "save_checkpoint", os.environ["ROBUSTJPEG_TEST_DIE_TRAINING"])
     if command == "train":
         _keep_rank_weights()
         raise SystemExit(cli_main(["train", *rest]))

@@ -23,6 +23,7 @@ HELPER = str(REPO / "tests" / "dist_helper.py")
 SUITE = suite_toml(["0", "2/255", "8/255", "32/255"], {"name": "fgsm", "kind": "fgsm"},
                    {"name": "pgd", "kind": "pgd", "steps": 5, "random_start": False}, standard_eps="8/255")
 N = 80
+TRAIN_ARGS = ("--epochs", "2", "--train-subset", "800", "--device", "cpu")
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -41,9 +42,9 @@ def torchrun(*args: str, check: bool = True, **env: str) -> subprocess.Completed
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
-    """A smallcnn trained on 800 mnist5k digits for one epoch by two DDP processes."""
+    """A smallcnn trained on 800 mnist5k digits for two epochs by two DDP processes."""
     out = tmp_path_factory.mktemp("ddp") / "run"
-    torchrun(HELPER, "train", "-o", str(out), "--epochs", "1", "--train-subset", "800", "--device", "cpu")
+    torchrun(HELPER, "train", *TRAIN_ARGS, "-o", str(out))
     return out
 
 
@@ -111,6 +112,16 @@ def test_ddp_ranks_end_with_identical_weights_and_a_loadable_checkpoint(trained)
         assert torch.equal(value, ranks[0][name]), f"{name} in the checkpoint differs from rank 0's"
     history = ckpt["history"][-1]
     assert history["images"] == 800 and history["test_n"] == 1000  # each rank saw half; the records count all
+
+
+def test_killed_ddp_training_resumes_to_the_uninterrupted_weights(trained, tmp_path):
+    out = tmp_path / "run"
+    killed = torchrun(HELPER, "train", *TRAIN_ARGS, "-o", str(out), check=False, ROBUSTJPEG_TEST_DIE_TRAINING="0:1")
+    assert killed.returncode != 0 and load_trained(out / "checkpoint.pt")[2]["epoch"] == 1
+    torchrun(HELPER, "train", *TRAIN_ARGS, "-o", str(out), "--resume")
+    resumed, whole = (load_trained(d / "checkpoint.pt")[0].state_dict() for d in (out, trained))
+    for name, value in whole.items():
+        assert torch.equal(resumed[name], value), f"{name} differs between the resumed and the uninterrupted run"
 
 
 def test_sharded_sweep_equals_single_process_sample_by_sample(trained, suite, single, tmp_path):

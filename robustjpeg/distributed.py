@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Mapping
 
 import torch
@@ -12,7 +13,9 @@ from torch import distributed as dist
 
 from robustjpeg.errors import ConfigError
 
-LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+# Ranks legitimately wait for hours (the slowest sweep shard, rank 0's checks); torchrun ends every rank when one
+# dies, so a long collective timeout hides no crash.
+WAIT = timedelta(hours=24)
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,7 @@ def launch() -> Launch:
     if info.active and not dist.is_initialized():
         if torch.cuda.is_available():
             torch.cuda.set_device(info.local_rank % torch.cuda.device_count())
-        dist.init_process_group(backend=backend(), rank=info.rank, world_size=info.world)
+        dist.init_process_group(backend=backend(), rank=info.rank, world_size=info.world, timeout=WAIT)
     return info
 
 

@@ -174,12 +174,80 @@ def _run_sweep(args: argparse.Namespace) -> int:
 
 # --- eval ----------------------------------------------------------------------------------------
 
+def parse_floats(text: str) -> tuple[float, ...]:
+    """'0.485,0.456,0.406' -> (0.485, 0.456, 0.406), for --mean and --std."""
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError as exc:
+        raise ConfigError(f"{text!r} is not a comma-separated list of numbers such as 0.5,0.5,0.5") from exc
+
+
+def _add_model_source_args(p: argparse.ArgumentParser) -> None:
+    """Flags saying how to build and load a model that is not one of ours (eval and sweep share them)."""
+    g = p.add_argument_group("model source")
+    g.add_argument("--arch", default=None, help="architecture of a weights-only file: ours (e.g. resnet20), torchvision:NAME or timm:NAME")
+    g.add_argument("--num-classes", type=int, default=None, help="classes of the model (default: read from the file)")
+    g.add_argument("--mean", type=parse_floats, default=None, help="normalise inputs inside the model, e.g. 0.485,0.456,0.406 (with --std)")
+    g.add_argument("--std", type=parse_floats, default=None, help="per-channel std, e.g. 0.229,0.224,0.225 (with --mean)")
+    g.add_argument("--input-size", default=None, help="input size the model expects, N or H,W; other data sizes are resized inside the model")
+    g.add_argument("--trust-checkpoint", action="store_true", help="allow a checkpoint that runs pickled Python code on load (only for files you trust)")
+    g.add_argument("--threat-model", default=None, help="RobustBench threat model for robustbench:NAME (Linf, L2, corruptions; default Linf)")
+    g.add_argument("--model-dir", type=Path, default=None, help="RobustBench model folder holding <dataset>/<threat>/<NAME>.pt (default ./models)")
+    g.add_argument("--spec", type=Path, default=None, help="model-spec TOML naming the checkpoint and all of the above; flags win over it")
+
+
+def _model_source(args: argparse.Namespace, checkpoint: str | None) -> tuple[str, dict]:
+    """(source, load_model keyword arguments) from the model-source flags; --spec stands in for CHECKPOINT."""
+    if checkpoint and args.spec:
+        raise ConfigError(f"give CHECKPOINT or --spec, not both (the spec names its checkpoint): {checkpoint}, {args.spec}")
+    if not (checkpoint or args.spec):
+        raise ConfigError("name the model: CHECKPOINT (a file or robustbench:NAME) or --spec FILE.toml")
+    kwargs = dict(arch=args.arch, num_classes=args.num_classes, mean=args.mean, std=args.std, input_size=args.input_size,
+                  trust=args.trust_checkpoint, threat_model=args.threat_model, model_dir=args.model_dir)
+    return str(checkpoint or args.spec), kwargs
+
+
 def _add_eval(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", nargs="?", default=None, metavar="CHECKPOINT",
+                   help="checkpoint file (.pt/.pth/.th, safetensors, TorchScript), model-spec .toml, or robustbench:NAME")
+    p.add_argument("--dataset", required=True, help="evaluation data, e.g. cifar10, mnist5k, imagefolder:PATH")
+    p.add_argument("--data-root", type=Path, default=None, help="folder holding the dataset files")
+    p.add_argument("--download", action="store_true", help="allow downloading the dataset or a missing RobustBench checkpoint")
     _common(p, evaluates=True, suite=True)
+    _add_model_source_args(p)
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    raise ConfigError("eval is not available yet")
+    from robustjpeg.io import resolve_device
+    from robustjpeg.loading import load_model
+
+    if args.out is None:
+        raise ConfigError("eval needs -o/--out DIR for the run folder and the report")
+    device = resolve_device(args.device)
+    source, kwargs = _model_source(args, args.checkpoint)
+    model, info = load_model(source, device=device, download=args.download, **kwargs)
+    return _sweep_and_report(args, model, info, device)
+
+
+def _sweep_and_report(args: argparse.Namespace, model, info: dict, device) -> int:
+    """Evaluate a loaded model on the data subset with the suite, then write its report (eval's second half)."""
+    from robustjpeg.attacks import load_suite
+    from robustjpeg.data import eval_tensors, load_dataset
+    from robustjpeg.loading import check_class_count, fit_input_size
+    from robustjpeg.report import write_report
+    from robustjpeg.sweep import run_sweep
+
+    suite = load_suite(args.suite or "quick").with_eps(args.eps)
+    data = load_dataset(args.dataset, args.data_root, args.download)
+    x, y, indices = eval_tensors(data, args.num_examples, args.seed)
+    model = fit_input_size(model, info, x[:1].to(device))
+    check_class_count(model, x[:2].to(device), len(data.classes), args.dataset)
+    run_dir = args.out / "runs" / info["name"]
+    results = run_sweep(model, x, y, suite, run_dir, seed=args.seed, device=device, model_info=info,
+                        indices=indices, dataset=args.dataset)
+    report = write_report([run_dir], args.out)
+    print(f"{report}: clean {results['clean']['accuracy']:.4f}; checks failed: {results['checks_failed']}")
+    return EXIT_CHECK_FAILED if results["checks_failed"] else EXIT_OK
 
 
 # --- report --------------------------------------------------------------------------------------

@@ -218,8 +218,11 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
+    from robustjpeg.distributed import launch
     from robustjpeg.io import resolve_device
     from robustjpeg.loading import load_model
+
+    launch()
 
     if args.out is None:
         raise ConfigError("eval needs -o/--out DIR for the run folder and the report")
@@ -233,6 +236,7 @@ def _sweep_and_report(args: argparse.Namespace, model, info: dict, device) -> in
     """Evaluate a loaded model on the data subset with the suite, then write its report (eval's second half)."""
     from robustjpeg.attacks import load_suite
     from robustjpeg.data import eval_tensors, load_dataset
+    from robustjpeg.distributed import is_main
     from robustjpeg.loading import check_class_count, fit_input_size
     from robustjpeg.report import write_report
     from robustjpeg.sweep import run_sweep
@@ -245,6 +249,8 @@ def _sweep_and_report(args: argparse.Namespace, model, info: dict, device) -> in
     run_dir = args.out / "runs" / info["name"]
     results = run_sweep(model, x, y, suite, run_dir, seed=args.seed, device=device, model_info=info,
                         indices=indices, dataset=args.dataset)
+    if not is_main():  # under torchrun every rank sweeps its shard; rank 0 alone writes the report
+        return EXIT_CHECK_FAILED if results["checks_failed"] else EXIT_OK
     report = write_report([run_dir], args.out)
     print(f"{report}: clean {results['clean']['accuracy']:.4f}; checks failed: {results['checks_failed']}")
     return EXIT_CHECK_FAILED if results["checks_failed"] else EXIT_OK

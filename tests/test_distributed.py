@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from conftest import REPO, one_thread
+from robustjpeg.cli import EXIT_OK, main
 from robustjpeg.distributed import Launch, padded_shard, read_launch, shard_indices
 from robustjpeg.errors import ConfigError
 from robustjpeg.results import read_run
@@ -53,14 +54,18 @@ def suite(tmp_path_factory) -> Path:
     return write_suite(tmp_path_factory.mktemp("suite"), SUITE)
 
 
+def sweep_args(trained: Path, suite: Path, out: Path) -> list[str]:
+    """`robustjpeg sweep` arguments: N mnist5k test digits, small batches so every shard has several."""
+    return ["sweep", str(trained / "checkpoint.pt"), "--dataset", "mnist5k", "-n", str(N), "--suite", str(suite),
+            "-o", str(out), "--device", "cpu", "--batch-size", "16"]
+
+
 @pytest.fixture(scope="module")
 def single(trained, suite, tmp_path_factory) -> Path:
     """The same sweep in this one process (one thread), the reference for the sharded ones."""
-    from dist_helper import sweep
-
     out = tmp_path_factory.mktemp("single") / "run"
     with one_thread():
-        sweep(str(trained / "checkpoint.pt"), str(suite), str(out), str(N))
+        assert main(sweep_args(trained, suite, out)) == EXIT_OK
     return out
 
 
@@ -126,7 +131,7 @@ def test_killed_ddp_training_resumes_to_the_uninterrupted_weights(trained, tmp_p
 
 def test_sharded_sweep_equals_single_process_sample_by_sample(trained, suite, single, tmp_path):
     out = tmp_path / "run"
-    torchrun(HELPER, "sweep", str(trained / "checkpoint.pt"), str(suite), str(out), str(N))
+    torchrun("-m", "robustjpeg", *sweep_args(trained, suite, out))
     assert sorted(p.name for p in (out / "shards" / "world-2").iterdir()) == ["rank-0", "rank-1"]
     assert read_run(out).run["processes"] == 2
     _assert_same_samples(single, out)
@@ -137,7 +142,8 @@ def _finished_cells(out: Path) -> dict[Path, tuple[int, int]]:
 
 
 def test_killed_rank_resumes_without_redoing_finished_cells(trained, suite, single, tmp_path):
-    out, args = tmp_path / "run", (HELPER, "sweep", str(trained / "checkpoint.pt"), str(suite), str(tmp_path / "run"), str(N))
+    out = tmp_path / "run"
+    args = (HELPER, *sweep_args(trained, suite, out))
     killed = torchrun(*args, check=False, ROBUSTJPEG_TEST_DIE="1:3")
     assert killed.returncode != 0 and not (out / "results.json").exists()
     before = _finished_cells(out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -72,7 +73,14 @@ def launch() -> Launch:
         if torch.cuda.is_available():
             torch.cuda.set_device(info.local_rank % torch.cuda.device_count())
         dist.init_process_group(backend=backend(), rank=info.rank, world_size=info.world, timeout=WAIT)
+        atexit.register(_close)
     return info
+
+
+def _close() -> None:
+    """Take the process group down before the interpreter does: gloo aborts the process if its threads outlive it."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def is_main() -> bool:

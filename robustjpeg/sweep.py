@@ -32,7 +32,7 @@ class PassCounter(nn.Module):
         super().__init__()
         self.model = model
         self.tally = {"forward": 0, "backward": 0} if tally is None else tally
-        self.train(model.training)  # torchattacks restores the wrapper's mode after each call: it must be the model's
+        self.train(model.training)  # torchattacks restores the mode it reads here: never flip BN into training
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.model(x)

@@ -152,19 +152,6 @@ def test_batch_halves_on_out_of_memory_and_results_do_not_change(tmp_path):
     assert run["batch_size"] == 64 and run["batch_size_final"] <= 10
 
 
-def test_sweep_keeps_a_batch_norm_model_in_eval_mode_and_its_statistics_untouched(tmp_path):
-    from robustjpeg.models import create_model
-
-    suite = load_suite(write_suite(tmp_path, suite_toml(["0", "8/255", "32/255"], {"name": "fgsm", "kind": "fgsm"},
-                                                        {"name": "pgd", "kind": "pgd", "steps": 3, "random_start": False})))
-    model = create_model("smallcnn", num_classes=10, in_channels=1).eval()
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    run_sweep(model, *eval_set(40), suite, tmp_path / "run", batch_size=8, progress=False)
-    assert not model.training, "the sweep left the model in training mode"
-    for name, value in model.state_dict().items():
-        assert torch.equal(value, before[name]), f"{name} changed during the sweep (batch norm ran in training mode)"
-
-
 def test_undefended_model_falls_to_zero_at_standard_budget_and_chance_at_one(tmp_path):
     suite = load_suite(write_suite(tmp_path, suite_toml(["0", "0.1", "0.3"], {"name": "pgd", "kind": "pgd", "steps": 10})))
     results = run_sweep(trained_cnn(), *eval_set(40), suite, tmp_path / "run", progress=False)
@@ -196,3 +183,16 @@ def test_sweep_command_wires_model_data_suite_and_eps_override(tmp_path, monkeyp
     assert sorted({c["eps"] for c in run.results["cells"]}) == [0.0, 0.1]
     expected = eval_tensors(load_dataset("mnist5k"), 20, 0)[2].numpy()
     assert run.run["dataset"] == "mnist5k" and np.array_equal(run.samples["indices"], expected)
+
+
+def test_sweep_leaves_batch_norm_in_eval_mode_and_its_statistics_untouched(tmp_path):
+    x, y = eval_set(40)
+    model = torch.nn.Sequential(torch.nn.BatchNorm2d(1), trained_cnn())
+    model[0](x)  # one pass in training mode gives the norm layer real running statistics
+    model.eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    suite = load_suite(write_suite(tmp_path, suite_toml(["0", "0.1"], FGSM, {"name": "pgd", "kind": "pgd", "steps": 3})))
+    results = run_sweep(model, x, y, suite, tmp_path / "run", progress=False)
+    assert not any(m.training for m in model.modules()), "the sweep left the model in training mode"
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "batch-norm statistics changed"
+    assert {c["id"]: c["status"] for c in results["checks"]}[1] == "PASS"

@@ -246,9 +246,9 @@ def _sweep_all(bench: Benchmark, models: dict, infos: dict, out: Path, device, s
             results = run_sweep(models[entry.name], x, y, suite, run_dir, seed=bench.seed, device=device,
                                 resume=True, model_info=infos[entry.name], transfer_source=source,
                                 batch_size=bench.batch_size, progress=progress, indices=idx, dataset=ds.name)
-            worst = results["worst_case"]
-            log(f"{entry.name}: clean {results['clean']['accuracy']:.3f}, worst case at "
-                f"{worst[-1]['norm']} {worst[-1]['eps']:.4g}: {worst[-1]['accuracy']:.3f}, "
+            at = [w for w in results["worst_case"] if w["norm"] == "Linf" and w["eps"] == suite.standard_eps]
+            headline = f", worst case at Linf {suite.standard_eps:.4g}: {at[0]['accuracy']:.3f}" if at else ""
+            log(f"{entry.name}: clean {results['clean']['accuracy']:.3f}{headline}, "
                 f"{results['checks_failed']} check(s) failed")
             run_dirs.append(run_dir)
     return run_dirs
@@ -268,9 +268,11 @@ def _history(bench: Benchmark, run_dirs: list[Path], log: Log) -> list[dict]:
 def run_benchmark(bench: Benchmark, out: Path, *, device: str = "auto", suites: list[str] | None = None,
                   eps: list[float] | None = None, progress: bool | None = None, log: Log | None = None) -> Outcome:
     """Train, sweep, report and compare: the whole nightly job, resumable at every stage."""
+    from robustjpeg.distributed import is_main, launch
     from robustjpeg.io import resolve_device
     from robustjpeg.report import write_report
 
+    launch()  # under torchrun: join the process group and pick this rank's GPU first
     log = log or Log()
     progress = sys.stderr.isatty() if progress is None else progress
     device = str(resolve_device(device))
@@ -282,6 +284,8 @@ def run_benchmark(bench: Benchmark, out: Path, *, device: str = "auto", suites: 
     models = {name: m for name, (m, _) in loaded.items()}
     infos = {name: info for name, (_, info) in loaded.items()}
     run_dirs = _sweep_all(bench, models, infos, out, device, suites, eps, progress, log)
+    if not is_main():  # under torchrun the other ranks share training and sweeps; rank 0 alone records and reports
+        return Outcome(report=out / "report" / "report.md", run_dirs=run_dirs, regressions=[], failed_checks=[])
     regressions = _history(bench, run_dirs, log) if bench.history else []
     report = write_report(run_dirs, out / "report", history=bench.history)
     log(f"report written to {report}")

@@ -97,14 +97,17 @@ def _train_config(args: argparse.Namespace):
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    from robustjpeg.distributed import is_main, launch
     from robustjpeg.train import train
 
+    launch()  # under torchrun: join the process group and pick this rank's GPU before anything touches CUDA
     cfg = _train_config(args)
     out = args.out or Path("runs") / f"train-{cfg.dataset.replace(':', '_').replace('/', '_')}-{cfg.variant}-s{cfg.seed}"
     summary = train(cfg, out, resume=args.resume)
     test = summary["test"]
     lo, hi = test["ci95"]
-    print(f"test accuracy {test['accuracy']:.4f} (n={test['n']}, 95% CI {lo:.4f}-{hi:.4f}); checkpoint {summary['checkpoint']}")
+    if is_main():
+        print(f"test accuracy {test['accuracy']:.4f} (n={test['n']}, 95% CI {lo:.4f}-{hi:.4f}); checkpoint {summary['checkpoint']}")
     return EXIT_OK
 
 
@@ -166,8 +169,10 @@ def _sweep(args: argparse.Namespace, run_dir: Path) -> dict:
     from robustjpeg.data import eval_tensors, load_dataset
     from robustjpeg.io import resolve_device
     from robustjpeg.loading import check_class_count, fit_input_size, load_model
+    from robustjpeg.distributed import is_main, launch
     from robustjpeg.sweep import run_sweep
 
+    launch()  # under torchrun: join the process group and pick this rank's GPU before anything touches CUDA
     suite = load_suite(args.suite or "quick").with_eps(args.eps)
     device = resolve_device(args.device)
     model, info = _load(args, device)
@@ -181,7 +186,8 @@ def _sweep(args: argparse.Namespace, run_dir: Path) -> dict:
                         dataset=args.dataset, deploy_mode=args.jpeg_mode)
     worst = [w for w in results["worst_case"] if w["norm"] == "Linf" and w["eps"] == suite.standard_eps]
     headline = f", worst case at eps {suite.standard_eps:.4g}: {worst[0]['accuracy']:.4f}" if worst else ""
-    print(f"{run_dir}: clean {results['clean']['accuracy']:.4f}{headline}; checks failed: {results['checks_failed']}")
+    if is_main():
+        print(f"{run_dir}: clean {results['clean']['accuracy']:.4f}{headline}; checks failed: {results['checks_failed']}")
     return results
 
 
@@ -201,6 +207,7 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
+    from robustjpeg.distributed import is_main
     from robustjpeg.report import write_report
 
     if args.out is None:
@@ -208,7 +215,8 @@ def _run_eval(args: argparse.Namespace) -> int:
     name = Path(str(args.checkpoint or args.spec)).stem.replace("robustbench:", "")
     run_dir = args.out / "runs" / name
     results = _sweep(args, run_dir)
-    print(write_report([run_dir], args.out))
+    if is_main():  # under torchrun every rank sweeps its shard; rank 0 alone writes the report
+        print(write_report([run_dir], args.out))
     return EXIT_CHECK_FAILED if results["checks_failed"] else EXIT_OK
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from robustjpeg import distributed
 from robustjpeg.attacks import FGSM, AttackSpec, Suite, load_suite
 from robustjpeg.errors import BadInput, ConfigError, RunFolderError
 from robustjpeg.io import config_hash, device_description, library_versions, read_json, resolve_device
@@ -65,7 +66,7 @@ class Engine:
     """Holds the model, data and bookkeeping of one sweep; every model call goes through its pass counter."""
 
     def __init__(self, model: nn.Module, x: Tensor, y: Tensor, *, seed: int, device, batch_size: int,
-                 progress: bool, transfer_source: nn.Module | None = None) -> None:
+                 progress: bool, transfer_source: nn.Module | None = None, ids: Tensor | None = None) -> None:
         self.device = torch.device(device)
         self.tally = {"forward": 0, "backward": 0}
         self.reused = {"forward": 0, "backward": 0}  # passes of cells finished by an earlier, resumed invocation
@@ -75,6 +76,7 @@ class Engine:
             transfer_source.to(self.device, torch.float32).eval(), self.tally)
         self.x, self.y = x.to(self.device, torch.float32), y.to(self.device, torch.int64)
         self.seed, self.batch_size, self.progress = seed, batch_size, progress
+        self.ids = torch.arange(len(x)) if ids is None else ids.cpu()  # sample numbers in the whole sweep (batch seeds)
         self.logits = self.map(torch.arange(len(x), device=self.device), lambda idx: self.predict_logits(self.x[idx]))
         self.clean = (self.logits.argmax(1) == self.y)
 
@@ -143,7 +145,7 @@ class Engine:
 
             def attack(pos: Tensor) -> Tensor:
                 chunk = idx[pos]
-                seed = batch_seed(self.seed, key, restart, int(chunk[0]))
+                seed = batch_seed(self.seed, key, restart, int(self.ids[int(chunk[0])]))
                 with self.view(spec), seeded(seed, self.device):
                     adv = perturb(chunk, seed)
                 record_adv_stats(stats, adv.detach(), self.x[chunk], eps)
@@ -227,7 +229,7 @@ def _distances(engine: Engine, spec: AttackSpec, adapter, stats: dict) -> np.nda
     craft = engine.craft_model(spec)
 
     def attack(chunk: Tensor) -> Tensor:
-        seed = batch_seed(engine.seed, spec.name, int(chunk[0]))
+        seed = batch_seed(engine.seed, spec.name, int(engine.ids[int(chunk[0])]))
         with engine.view(spec), seeded(seed, engine.device):
             adv = adapter.perturb(craft, engine.x[chunk], engine.y[chunk], None, seed)
         record_adv_stats(stats, adv.detach(), engine.x[chunk], None)
@@ -324,29 +326,57 @@ def run_sweep(model: nn.Module, x: Tensor, y: Tensor, suite: Suite, out_dir: Pat
               device="cpu", resume: bool = False, model_info: dict | None = None,
               transfer_source: nn.Module | None = None, batch_size: int = 256, progress: bool = True,
               indices: Tensor | None = None, dataset: str = "unknown", deploy_mode: str | None = None) -> dict:
-    """Attack `model` with every attack of `suite` over its grid; write the run folder; return results.json."""
-    from robustjpeg import checks
+    """Attack `model` with every attack of `suite` over its grid; write the run folder; return results.json.
 
+    Under torchrun each rank attacks its shard of the samples (shards/ holds them, for resume), rank 0 merges the
+    shards into cells/ and finishes the run as one process would; every rank returns the same results.
+    """
     _validate(x, y)
+    launch = distributed.launch()
+    if len(y) < launch.world:
+        raise ConfigError(f"{len(y)} samples cannot be shared by {launch.world} processes; raise -n or launch fewer")
     out, t0 = Path(out_dir), time.perf_counter()
     fingerprint = sweep_fingerprint(suite, x, y, seed, model_info, deploy_mode)
-    _prepare_folder(out, fingerprint, resume)
+    _prepare_everywhere(out, fingerprint, resume, launch)
     info = dict(model_info or {"name": type(model).__name__})
     info.setdefault("jpeg_tables", jpeg_tables(model))
     device = resolve_device(device) if isinstance(device, str) else torch.device(device)
+    device = distributed.local_device(device, launch)
     run = {"status": "running", "fingerprint": fingerprint, "suite": suite.to_dict(), "model": info, "dataset": dataset,
            "n": len(y), "seed": seed, "deploy_mode": deploy_mode, "versions": library_versions(),
-           "device": device_description(device), "batch_size": batch_size,
+           "device": device_description(device), "batch_size": batch_size, "processes": launch.world,
            "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    write_run(out, run)
+    if launch.rank == 0:
+        write_run(out, run)
+    shard_passes = None
+    if launch.active:
+        opts = {"seed": seed, "device": device, "batch_size": batch_size, "progress": progress and launch.rank == 0,
+                "transfer_source": transfer_source}
+        shard_passes = _sharded_cells(model, x, y, suite, out, deploy_mode, launch, opts)
+        if launch.rank != 0:
+            return distributed.broadcast_object(None, launch)
+    results = _finish(model, x, y, suite, out, run, t0, shard_passes, seed=seed, device=device, batch_size=batch_size,
+                      progress=progress, transfer_source=transfer_source, indices=indices, dataset=dataset,
+                      deploy_mode=deploy_mode)
+    return distributed.broadcast_object(results, launch)
+
+
+def _finish(model: nn.Module, x: Tensor, y: Tensor, suite: Suite, out: Path, run: dict, t0: float,
+            shard_passes: dict | None, *, seed: int, device: torch.device, batch_size: int, progress: bool,
+            transfer_source: nn.Module | None, indices: Tensor | None, dataset: str, deploy_mode: str | None) -> dict:
+    """Every cell (run here, or loaded from cells/), checks, samples.npz, results.json and the final run.json."""
+    from robustjpeg import checks
+
     with _deployed(model, deploy_mode), torch.enable_grad():
         torch.manual_seed(seed)
         engine = Engine(model, x, y, seed=seed, device=device, batch_size=batch_size, progress=progress,
                         transfer_source=transfer_source)
+        for k, v in (shard_passes or {}).items():
+            engine.reused[k] += v
         cells, where, skipped, cw_l2 = _all_cells(engine, suite, CellStore(out))
-        results = _summarise(engine, suite, info, dataset, cells, where, skipped)
+        results = _summarise(engine, suite, run["model"], dataset, cells, where, skipped)
         attack_passes, t_checks = _spent(engine), time.perf_counter()
-        results["checks"] = checks.run_checks(engine, suite, cells, where, results, info)
+        results["checks"] = checks.run_checks(engine, suite, cells, where, results, run["model"])
         run.update(passes_attacks=attack_passes, wall_time_checks_s=round(time.perf_counter() - t_checks, 3))
     results["checks_failed"] = sum(c["status"] == "FAIL" for c in results["checks"])
     worst = worst_case(cells, {k: (w[1], w[2]) for k, w in where.items()})
@@ -358,6 +388,69 @@ def run_sweep(model: nn.Module, x: Tensor, y: Tensor, suite: Suite, out_dir: Pat
                finished=datetime.now(timezone.utc).isoformat(timespec="seconds"), checks_failed=results["checks_failed"])
     write_run(out, run)
     return {"schema": "robustjpeg.results/1", **results}
+
+
+def _prepare_everywhere(out: Path, fingerprint: str, resume: bool, launch: distributed.Launch) -> None:
+    """Rank 0 checks the run folder; every rank raises its verdict, so no rank writes into a folder it may not use."""
+    problem = None
+    if launch.rank == 0:
+        try:
+            _prepare_folder(out, fingerprint, resume)
+        except RunFolderError as exc:
+            problem = str(exc)
+    problem = distributed.broadcast_object(problem, launch)
+    if problem:
+        raise RunFolderError(problem)
+
+
+def shard_folder(out: Path, rank: int, world: int) -> Path:
+    """Where rank keeps its finished cells; the world size is part of the name because it decides the shards."""
+    return Path(out) / "shards" / f"world-{world}" / f"rank-{rank}"
+
+
+def _sharded_cells(model: nn.Module, x: Tensor, y: Tensor, suite: Suite, out: Path, deploy_mode: str | None,
+                   launch: distributed.Launch, opts: dict) -> dict[str, int]:
+    """This rank's cells on its samples (resumable in its shard folder); rank 0 merges all shards into cells/.
+
+    Returns the passes the shards spent outside their cells (their clean predictions), for run.json.
+    """
+    ids = distributed.shard_indices(len(y), launch.rank, launch.world)
+    store = CellStore(shard_folder(out, launch.rank, launch.world))
+    with _deployed(model, deploy_mode), torch.enable_grad():
+        torch.manual_seed(opts["seed"])
+        engine = Engine(model, x[ids], y[ids], ids=ids, **opts)
+        _all_cells(engine, suite, store)
+    shard = {"ids": ids.numpy(), "cells": {key: store.load(key) for key in engine.meta}}
+    shards = distributed.gather_objects(shard, launch)
+    if launch.rank == 0:
+        _merge_shards(shards, len(y), CellStore(out))
+    return {"forward": len(y), "backward": 0}
+
+
+def _merge_shards(shards: list[dict], n: int, store: CellStore) -> None:
+    """One cell file per key over all n samples, as a single process writes it: outcomes scattered back to their
+    sample numbers, passes summed, example statistics combined, wall time the slowest shard's."""
+    for key, (meta, arrays) in shards[0]["cells"].items():
+        merged = {name: np.empty(n, dtype=a.dtype) for name, a in arrays.items()}
+        parts = [(s["ids"], s["cells"][key]) for s in shards]
+        for ids, (_, shard_arrays) in parts:
+            for name, a in shard_arrays.items():
+                merged[name][ids] = a
+        metas = [m for _, (m, _) in parts]
+        meta = {k: v for k, v in meta.items() if k != "key"}
+        meta.update(passes={k: sum(m["passes"][k] for m in metas) for k in meta["passes"]},
+                    wall_time_s=max(m["wall_time_s"] for m in metas), stats=_merge_stats([m["stats"] for m in metas]))
+        store.save(key, meta, **merged)
+
+
+def _merge_stats(parts: list[dict]) -> dict:
+    """The adversarial-example facts of check 3 over the union of shards."""
+    out: dict = {}
+    for stats in parts:
+        for name, value in stats.items():
+            pick = {"max_excess": max, "max": max, "min": min, "nan": lambda a, b: a + b}[name]
+            out[name] = value if name not in out else pick(out[name], value)
+    return out
 
 
 def _plain_torchattack(model: nn.Module, spec: AttackSpec, eps: float):

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from robustjpeg import distributed
 from robustjpeg.data import Dataset, TensorSplit, augment, load_dataset, stratified_indices
 from robustjpeg.errors import CheckpointError, ConfigError, RunFolderError
 from robustjpeg.io import (atomic_torch_save, atomic_write_json, atomic_write_text, device_description,
@@ -187,8 +188,10 @@ def backbone_lr(cfg: TrainConfig, epoch: int) -> float:
 class Batches:
     """Training batches in a seeded order; tensor data sets live on the device and are augmented there."""
 
-    def __init__(self, ds: Dataset, cfg: TrainConfig, device: torch.device) -> None:
+    def __init__(self, ds: Dataset, cfg: TrainConfig, device: torch.device,
+                 launch: distributed.Launch = distributed.Launch()) -> None:
         self.family, self.batch_size, self.device, self.workers = ds.family, cfg.batch_size, device, cfg.workers
+        self.launch = launch
         idx = torch.arange(len(ds.train))
         if cfg.train_subset is not None:
             if cfg.train_subset > len(ds.train):
@@ -200,15 +203,23 @@ class Batches:
             self.y = ds.train.y[idx].to(device)
 
     def __len__(self) -> int:
-        return math.ceil(len(self.idx) / self.batch_size)
+        return math.ceil(math.ceil(len(self.idx) / self.launch.world) / self.batch_size)
 
     @property
     def num_images(self) -> int:
         return len(self.idx)
 
     def epoch(self, gen: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
-        """One pass in an order drawn from gen (a CPU generator whose state the checkpoint keeps)."""
+        """One pass in an order drawn from gen (a CPU generator whose state the checkpoint keeps).
+
+        With several processes every rank draws the same order and takes its DistributedSampler share of it;
+        augmentation then draws from a per-rank generator seeded from gen, so gen stays the same on every rank.
+        """
         order = torch.randperm(len(self.idx), generator=gen)
+        if self.launch.active:
+            order = distributed.padded_shard(order, self.launch.rank, self.launch.world)
+            seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
+            gen = torch.Generator().manual_seed(seed + self.launch.rank)
         if not isinstance(self.split, TensorSplit):
             yield from self._loader(order, gen)
             return
@@ -244,7 +255,7 @@ def _to_input(x: Tensor, device: torch.device) -> Tensor:
 
 def train_epoch(net: nn.Module, opts: list, batches: Batches, gen: torch.Generator, device: torch.device,
                 bar) -> dict[str, float]:
-    """One pass over the training data; returns loss, accuracy and images per second."""
+    """One pass over the training data; returns loss, accuracy and images per second (summed over all ranks)."""
     net.train()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
@@ -266,6 +277,10 @@ def train_epoch(net: nn.Module, opts: list, batches: Batches, gen: torch.Generat
             if step % 20 == 0:
                 rate = seen / (time.perf_counter() - start)
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}", img_s=f"{rate:.0f}")
+    if batches.launch.active:
+        totals = distributed.all_sum(torch.stack([loss_sum.double(), correct.double(),
+                                                  torch.tensor(seen, dtype=torch.float64, device=device)]), batches.launch)
+        loss_sum, correct, seen = totals[0], totals[1], int(totals[2])
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elapsed = time.perf_counter() - start
@@ -274,14 +289,24 @@ def train_epoch(net: nn.Module, opts: list, batches: Batches, gen: torch.Generat
 
 
 @torch.no_grad()
-def evaluate(net: nn.Module, split, device: torch.device, batch_size: int = 500, workers: int = 4) -> tuple[int, int]:
-    """(correct, n) on a whole split, in eval mode."""
+def evaluate(net: nn.Module, split, device: torch.device, batch_size: int = 500, workers: int = 4,
+             launch: distributed.Launch = distributed.Launch()) -> tuple[int, int]:
+    """(correct, n) on a whole split, in eval mode; with several processes each rank counts its shard."""
     net.eval()
+    n, part = len(split), _split_shard(split, launch)
     correct = torch.zeros((), dtype=torch.int64, device=device)
-    for x, y in _eval_batches(split, batch_size, device, workers):
+    for x, y in _eval_batches(part, batch_size, device, workers):
         with _autocast(device):
             correct += (net(_to_input(x, device)).argmax(1) == y).sum()
-    return int(correct), len(split)
+    return int(distributed.all_sum(correct, launch)), n
+
+
+def _split_shard(split, launch: distributed.Launch):
+    """This rank's strided share of a split (the split itself in a single process)."""
+    if not launch.active:
+        return split
+    idx = distributed.shard_indices(len(split), launch.rank, launch.world)
+    return split.subset(idx) if isinstance(split, TensorSplit) else torch.utils.data.Subset(split, idx.tolist())
 
 
 def _eval_batches(split, batch_size: int, device: torch.device, workers: int) -> Iterator[tuple[Tensor, Tensor]]:
@@ -388,10 +413,15 @@ def _restore(path: Path, cfg: TrainConfig, model: JpegModel, opts: list, gen: to
 
 
 def train(cfg: TrainConfig, out: Path, resume: bool = False) -> dict[str, Any]:
-    """Train (or resume) a run in `out`; returns the summary also written to out/summary.json."""
+    """Train (or resume) a run in `out`; returns the summary also written to out/summary.json.
+
+    Under torchrun the model is wrapped in DistributedDataParallel, each rank trains on its share of every epoch,
+    and only rank 0 writes files (the run folder must be readable by every rank for --resume).
+    """
     out = Path(out)
+    launch = distributed.launch()
     ckpt_path = _check_resume(out, resume)
-    device = resolve_device(cfg.device)
+    device = distributed.local_device(resolve_device(cfg.device), launch)
     ds = load_dataset(cfg.dataset, cfg.data_root, cfg.download)
     cfg = cfg.resolved(ds.family)
     torch.manual_seed(cfg.seed)
@@ -404,25 +434,37 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False) -> dict[str, Any]:
     opts = make_optimisers(model, cfg)
     gen = torch.Generator().manual_seed(cfg.seed)
     history = _restore(ckpt_path, cfg, model, opts, gen) if resume else []
-    out.mkdir(parents=True, exist_ok=True)
+    main = launch.rank == 0
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
     net = torch.compile(model) if cfg.compile else model
-    batches = Batches(ds, cfg, device)
-    progress = sys.stderr.isatty() if cfg.progress is None else cfg.progress
+    train_net = _parallel(model, cfg, device) if launch.active else net
+    batches = Batches(ds, cfg, device, launch)
+    progress = main and (sys.stderr.isatty() if cfg.progress is None else cfg.progress)
     started = time.perf_counter()
     for epoch in range(len(history), cfg.epochs):
         for group in opts[0].param_groups:
             group["lr"] = backbone_lr(cfg, epoch)
         bar = _progress_bar(progress, len(batches), epoch + 1, cfg.epochs)
-        stats = train_epoch(net, opts, batches, gen, device, bar)
+        stats = train_epoch(train_net, opts, batches, gen, device, bar)
         if bar is not None:
             bar.close()
-        correct, n = evaluate(net, ds.test, device, workers=cfg.workers)
+        distributed.sync_buffers(model, launch)
+        correct, n = evaluate(net, ds.test, device, workers=cfg.workers, launch=launch)
         history.append({"epoch": epoch + 1, "lr": backbone_lr(cfg, epoch), **stats, "test_correct": correct,
                         "test_n": n, "test_acc": correct / n, **_table_summary(model)})
-        save_checkpoint(ckpt_path, model, spec, cfg, epoch + 1, opts, gen, history)
-        atomic_write_text(out / "metrics.jsonl", "".join(_json_line(h) for h in history))
-        _log(history[-1], cfg.epochs)
-    return _finish(out, model, spec, cfg, ds, device, ckpt_path, history, time.perf_counter() - started)
+        if main:
+            save_checkpoint(ckpt_path, model, spec, cfg, epoch + 1, opts, gen, history)
+            atomic_write_text(out / "metrics.jsonl", "".join(_json_line(h) for h in history))
+            _log(history[-1], cfg.epochs)
+    distributed.barrier()
+    return _finish(out, model, spec, cfg, ds, device, ckpt_path, history, time.perf_counter() - started, main)
+
+
+def _parallel(model: JpegModel, cfg: TrainConfig, device: torch.device) -> nn.Module:
+    """DistributedDataParallel over every trainable parameter, JPEG tables included (compiled when asked)."""
+    ddp = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    return torch.compile(ddp) if cfg.compile else ddp
 
 
 def _table_summary(model: JpegModel) -> dict[str, float]:
@@ -442,7 +484,7 @@ def _log(record: dict, epochs: int) -> None:
 
 
 def _finish(out: Path, model: JpegModel, spec: ModelSpec, cfg: TrainConfig, ds: Dataset, device: torch.device,
-            ckpt_path: Path, history: list[dict], wall: float) -> dict[str, Any]:
+            ckpt_path: Path, history: list[dict], wall: float, write: bool = True) -> dict[str, Any]:
     """Write summary.json; the final test accuracy is the last epoch's (the weights are the same).
 
     wall_time_s is this invocation's; train_time_s and passes add up every epoch, resumed ones included.
@@ -461,5 +503,6 @@ def _finish(out: Path, model: JpegModel, spec: ModelSpec, cfg: TrainConfig, ds: 
     }
     if model.jpeg is not None:
         summary["jpeg_tables"] = model.jpeg.export_qtables()
-    atomic_write_json(out / "summary.json", summary)
+    if write:
+        atomic_write_json(out / "summary.json", summary)
     return summary

@@ -240,7 +240,7 @@ def _sweep_all(bench: Benchmark, models: dict, infos: dict, out: Path, device, s
         for suite_name in suites_override or entry.suites or bench.suites:
             suite = load_suite(suite_name).with_eps(eps or bench.eps, bench.standard_eps)
             key = sweep_fingerprint(suite, x, y, bench.seed, infos[entry.name], None)
-            run_dir = out / "runs" / entry.name / f"{suite.name}-{key[:8]}"
+            run_dir = out / "runs" / entry.name / key[:8] / suite.name
             log(f"{entry.name}: sweeping suite {suite.name!r} on {len(y)} images -> {run_dir}")
             source = models[entry.transfer_from] if entry.transfer_from else None
             results = run_sweep(models[entry.name], x, y, suite, run_dir, seed=bench.seed, device=device,
@@ -289,7 +289,7 @@ def run_benchmark(bench: Benchmark, out: Path, *, device: str = "auto", suites: 
     regressions = _history(bench, run_dirs, log) if bench.history else []
     report = write_report(run_dirs, out / "report", history=bench.history)
     log(f"report written to {report}")
-    failed = [f"{d.parent.name}/{d.name}: {c['name']}" for d in run_dirs
+    failed = [f"{d.parent.parent.name}/{d.name}: {c['name']}" for d in run_dirs
               for c in _read_checks(d) if c["status"] == "FAIL"]
     return Outcome(report=report, run_dirs=run_dirs, regressions=regressions, failed_checks=failed)
 

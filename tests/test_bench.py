@@ -27,7 +27,7 @@ def _bench(out: Path, history: Path, *extra: str) -> int:
 
 
 def _outcomes(out: Path) -> dict[str, np.ndarray]:
-    return {str(p.parent.relative_to(out)): np.load(p)["robust"] for p in sorted(out.glob("runs/*/*/samples.npz"))}
+    return {str(p.parent.relative_to(out)): np.load(p)["robust"] for p in sorted(out.glob("runs/*/*/*/samples.npz"))}
 
 
 @pytest.fixture(scope="module")
@@ -52,13 +52,13 @@ def test_default_benchmark_reports_both_models_with_plots_and_checks(default_run
     assert "PASS" in report, "the sanity-check table is missing"
     images = [line.split("](")[1].split(")")[0] for line in report.splitlines() if line.startswith("![")]
     assert images and all((root / "out" / "report" / img).is_file() for img in images)
-    assert set(_outcomes(root / "out")) == {"runs/baseline/" + p.name for p in (root / "out/runs/baseline").iterdir()} | \
-        {"runs/jpeg-dl/" + p.name for p in (root / "out/runs/jpeg-dl").iterdir()}
+    runs = {(Path(k).parts[1], Path(k).parts[3]) for k in _outcomes(root / "out")}  # runs/MODEL/KEY/SUITE
+    assert runs == {("baseline", "quick"), ("jpeg-dl", "quick"), ("jpeg-dl", "adaptive-quick")}
 
 
 def test_failed_checks_give_their_own_exit_code(default_run):
     root, code = default_run
-    failed = [c for p in (root / "out").glob("runs/*/*/results.json")
+    failed = [c for p in (root / "out").glob("runs/*/*/*/results.json")
               for c in json.loads(p.read_text())["checks"] if c["status"] == "FAIL"]
     assert code == (4 if failed else 0)
 
@@ -86,9 +86,8 @@ def test_kill_in_the_middle_of_a_sweep_and_rerun_give_the_same_results(default_r
 def test_rerun_after_a_planted_better_run_exits_with_the_regression_code(default_run, tmp_path):
     root, _ = default_run
     history = tmp_path / "history"
-    shutil.copytree(root / "history", history)
-    record_path = sorted((history / "runs").glob("*baseline*.json"))[0]
-    planted = json.loads(record_path.read_text())
+    (history / "runs").mkdir(parents=True)
+    planted = json.loads(sorted((root / "history" / "runs").glob("*baseline*.json"))[0].read_text())
     ones = np.packbits(np.ones(planted["n"], dtype=bool)).tobytes().hex()
     planted["outcomes"]["clean"] = ones
     for cell in planted["outcomes"]["worst"]:

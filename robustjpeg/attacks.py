@@ -18,7 +18,7 @@ from robustjpeg.registry import Registry
 
 ATTACKS: Registry[type] = Registry("attack")
 SUITE_DIRS = (Path(__file__).resolve().parent / "suites", Path(__file__).resolve().parents[1] / "attacks")
-SHIPPED_SUITES = ("quick", "standard", "adaptive", "adaptive-quick")
+SHIPPED_SUITES = ("quick", "standard", "adaptive", "adaptive-quick", "paper")
 VIEWS = ("soft", "hard", "ste")
 SOURCES = ("model", "transfer")
 

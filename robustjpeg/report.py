@@ -10,6 +10,7 @@ import numpy as np
 from robustjpeg import formatting as fmt
 from robustjpeg import plots
 from robustjpeg.io import atomic_write_json, atomic_write_text
+from robustjpeg.results import robust_record
 from robustjpeg.runs import Run, load_runs, record_at
 
 AUTOATTACK_KINDS = ("autoattack",)  # the official AutoAttack (pyautoattack); torchattacks' 10-step copy is not one
@@ -38,7 +39,8 @@ def _run_sections(runs: list[Run], out: Path) -> list[str]:
     plots.clean_vs_robust(runs, out / BARS)
     tables = [_tables_figure(r, out) for r in runs if r.jpeg_tables]
     files = [_write_robustbench(r, out) for r in runs]
-    return [_warning(runs), _summary(runs), _image("Clean and robust accuracy", BARS), _by_budget(runs),
+    return [_warning(runs), _summary(runs), _across_suites(runs), _image("Clean and robust accuracy", BARS),
+            _by_budget(runs),
             _image("Robust accuracy against budget", CURVES), _per_attack(runs), _checks(runs),
             _jpeg_section(tables), _facts(runs, out), _files(files)]
 
@@ -81,6 +83,37 @@ def _summary(runs: list[Run]) -> str:
                      fmt.acc(robust, run.n) if robust else "—", _check_summary(run)])
     header = ["model", "data", "n", "clean", "standard budget", "robust at standard budget", "sanity checks"]
     return "## Summary\n\n" + fmt.table(header, rows)
+
+
+def combined_worst_case(runs: list[Run]) -> dict[tuple[str, float], dict]:
+    """Per budget, the per-sample AND of the worst cases of runs of one model on the same samples (all suites)."""
+    combined: dict[tuple[str, float], np.ndarray] = {}
+    for run in runs:
+        for (norm, eps), ok in run.outcomes.worst.items():
+            key = next((k for k in combined if k[0] == norm and np.isclose(k[1], eps)), (norm, float(eps)))
+            combined[key] = combined[key] & ok if key in combined else ok.copy()
+    return {key: {**robust_record(ok), "suites": sum(r.worst_at(*key) is not None for r in runs)}
+            for key, ok in combined.items()}
+
+
+def _across_suites(runs: list[Run]) -> str:
+    """For models swept with several suites on the same samples: the worst case over every attack of every suite."""
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(run.model, []).append(run)
+    parts = []
+    for model, group in groups.items():
+        if len(group) < 2 or any(not np.array_equal(r.outcomes.indices, group[0].outcomes.indices) for r in group):
+            continue
+        combined = combined_worst_case(group)
+        rows = [[fmt.budget(norm, eps), fmt.acc(rec, group[0].n), f"{rec['suites']} of {len(group)}"]
+                for (norm, eps), rec in sorted(combined.items(), key=lambda kv: (kv[0][0] != "Linf", kv[0]))]
+        parts.append(f"### {model}: {', '.join(r.suite for r in group)}\n\n"
+                     + fmt.table(["budget", "robust (worst over all suites)", "suites with this budget"], rows))
+    if not parts:
+        return ""
+    return ("## Worst case over every suite\n\nA sample counts as robust only if no attack of any suite broke it "
+            "(same samples in every run of the model).\n\n" + "\n\n".join(parts))
 
 
 def _budgets(records: list[dict]) -> list[tuple[str, float]]:

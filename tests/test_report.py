@@ -12,8 +12,8 @@ from runfolders import ATTACKS, assert_real_png, make_run, markdown_tables, pars
 from robustjpeg.cli import EXIT_OK, EXIT_USAGE, main
 from robustjpeg.errors import RunFolderError
 from robustjpeg.formatting import budget
-from robustjpeg.report import write_report
-from robustjpeg.runs import load_run
+from robustjpeg.report import combined_worst_case, write_report
+from robustjpeg.runs import load_run, load_runs
 
 # FGSM stronger than PGD: the shape of masked gradients, which check 6 must flag
 MASKED = [("fgsm", "fgsm", "Linf", 1.0), ("pgd", "pgd", "Linf", 1.6), ("aa", "autoattack", "Linf", 1.2),
@@ -237,3 +237,18 @@ def test_cli_report_writes_report(tmp_path, capsys):
                                              ("Linf", 0.015686275, "4/255"), ("L2", 0.5, "0.5")])
 def test_budgets_read_as_people_write_them(norm, eps, text):
     assert budget(norm, eps) == f"{norm} {text}"
+
+
+def test_worst_case_over_suites_is_the_per_sample_and_of_one_models_runs(tmp_path):
+    first = make_run(tmp_path / "quick", "jpeg-dl", attacks=ATTACKS[:2])
+    second = make_run(tmp_path / "adaptive", "jpeg-dl", attacks=ATTACKS[2:3], jitter_seed=1)
+    runs = load_runs([first, second])
+    combined = combined_worst_case(runs)
+    for (norm, eps), rec in combined.items():
+        own = [ok for r in runs for (n, e), ok in r.outcomes.worst.items() if n == norm and np.isclose(e, eps)]
+        assert rec["robust"] == int(np.logical_and.reduce(own).sum()) and rec["suites"] == len(own)
+        for run in runs:
+            alone = run.worst_at(norm, eps)
+            assert alone is None or rec["accuracy"] <= alone["accuracy"], "combining suites raised an accuracy"
+    report = write_report([first, second], tmp_path / "report").read_text()
+    assert "## Worst case over every suite" in report and "### jpeg-dl" in report

@@ -154,13 +154,17 @@ def _check_models(bench: Benchmark) -> None:
 
 
 class Log:
-    """Line-based progress: one timestamped line per step, readable in a nightly log."""
+    """Line-based progress: one timestamped line per step, readable in a nightly log (rank 0 only under torchrun)."""
 
     def __init__(self, stream=sys.stderr) -> None:
-        self.stream = stream
+        from robustjpeg.distributed import is_main
+
+        self.stream = stream if is_main() else None
         self.t0 = time.perf_counter()
 
     def __call__(self, message: str) -> None:
+        if self.stream is None:
+            return
         elapsed = time.perf_counter() - self.t0
         print(f"[bench {datetime.now():%H:%M:%S} +{elapsed:6.1f}s] {message}", file=self.stream, flush=True)
 

@@ -6,13 +6,13 @@ import dataclasses
 import re
 import tomllib
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from robustjpeg.budgets import parse_fraction
 from robustjpeg.errors import ConfigError, UnknownName
 from robustjpeg.registry import Registry
 
@@ -273,9 +273,9 @@ class _SuiteReader:
 
     def budget(self, value: Any, key: str) -> float:
         try:
-            eps = float(Fraction(str(value).strip()))
-        except (ValueError, ZeroDivisionError) as exc:
-            raise self.fail(key, f"{value!r} is not a number or fraction such as 8/255") from exc
+            eps = parse_fraction(value)
+        except ConfigError as exc:
+            raise self.fail(key, str(exc)) from exc
         if not 0.0 <= eps <= 1.0:
             raise self.fail(key, f"budget {value!r} lies outside [0, 1] (image range); write 8/255, not 8")
         return eps

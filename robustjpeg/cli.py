@@ -37,11 +37,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 # --- train ---------------------------------------------------------------------------------------
 
-def _parse_milestones(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError as exc:
-        raise ConfigError(f"--milestones takes comma-separated epochs such as 150,180,210, not {text!r}") from exc
+def _comma_list(cast: type, example: str):
+    """An argparse type for comma-separated values ('150,180,210'), with an error that shows an example."""
+    def parse(text: str) -> tuple:
+        try:
+            return tuple(cast(part) for part in text.split(",") if part.strip())
+        except ValueError as exc:
+            raise ConfigError(f"{text!r} is not a comma-separated list such as {example}") from exc
+    return parse
 
 
 def _add_train(p: argparse.ArgumentParser) -> None:
@@ -67,7 +70,7 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=None, help="backbone SGD learning rate")
     p.add_argument("--jpeg-lr", type=float, default=None, help="Adam learning rate of the JPEG tables (default 3e-3)")
     p.add_argument("--weight-decay", type=float, default=None)
-    p.add_argument("--milestones", type=_parse_milestones, default=None, help="epochs where the lr drops 10x, e.g. 150,180,210")
+    p.add_argument("--milestones", type=_comma_list(int, "150,180,210"), default=None, help="epochs where the lr drops 10x, e.g. 150,180,210")
     p.add_argument("--train-subset", type=int, default=None, metavar="N", help="train on a fixed stratified subset of N images")
     p.add_argument("--data-root", default=None, help="folder holding torchvision data sets")
     p.add_argument("--download", action="store_true", help="allow torchvision to download the data set")
@@ -113,14 +116,6 @@ def _run_train(args: argparse.Namespace) -> int:
 
 # --- sweep and eval ------------------------------------------------------------------------------
 
-def parse_floats(text: str) -> tuple[float, ...]:
-    """'0.485,0.456,0.406' -> (0.485, 0.456, 0.406), for --mean and --std."""
-    try:
-        return tuple(float(part) for part in text.split(",") if part.strip())
-    except ValueError as exc:
-        raise ConfigError(f"{text!r} is not a comma-separated list of numbers such as 0.5,0.5,0.5") from exc
-
-
 def _add_model_source_args(p: argparse.ArgumentParser) -> None:
     """Flags saying how to build and load a model that is not one of ours (eval and sweep share them)."""
     p.add_argument("checkpoint", nargs="?", default=None, metavar="CHECKPOINT",
@@ -128,8 +123,8 @@ def _add_model_source_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model source")
     g.add_argument("--arch", default=None, help="architecture of a weights-only file: ours (e.g. resnet20), torchvision:NAME or timm:NAME")
     g.add_argument("--num-classes", type=int, default=None, help="classes of the model (default: read from the file)")
-    g.add_argument("--mean", type=parse_floats, default=None, help="normalise inputs inside the model, e.g. 0.485,0.456,0.406 (with --std)")
-    g.add_argument("--std", type=parse_floats, default=None, help="per-channel std, e.g. 0.229,0.224,0.225 (with --mean)")
+    g.add_argument("--mean", type=_comma_list(float, "0.5,0.5,0.5"), default=None, help="normalise inputs inside the model, e.g. 0.485,0.456,0.406 (with --std)")
+    g.add_argument("--std", type=_comma_list(float, "0.5,0.5,0.5"), default=None, help="per-channel std, e.g. 0.229,0.224,0.225 (with --mean)")
     g.add_argument("--input-size", default=None, help="input size the model expects, N or H,W; other data sizes are resized inside the model")
     g.add_argument("--trust-checkpoint", action="store_true", help="allow a checkpoint that runs pickled Python code on load (only for files you trust)")
     g.add_argument("--threat-model", default=None, help="RobustBench threat model for robustbench:NAME (Linf, L2, corruptions; default Linf)")

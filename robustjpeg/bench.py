@@ -2,10 +2,15 @@
 
 A benchmark file has three parts::
 
-    [benchmark]                 # name, seed, num_examples, suites, out, history, fail_on_drop, batch_size
+    [benchmark]                 # name, seed, num_examples, suites, out, history, fail_on_drop, batch_size,
+                                # eps, standard_eps, suite_examples = {SUITE = n}, seeds = [0, 1, 2]
     [data]                      # dataset, root, download
     [[models]]                  # name, and either train = {TrainConfig fields} or load = {load_model options};
                                 # optional suites (override) and transfer_from (another model's name)
+
+A trained model may set jpeg_quality = "match:NAME": its (fixed) tables are then the standard tables of the
+quality closest to the learned tables of NAME, an earlier JPEG-DL model of the same file. With seeds = [...],
+every trained model is trained once per seed (named NAME-sSEED); transfer_from and match: pair within a seed.
 
 Every stage is resumable: a trained model is reused when its recipe, data and seed are unchanged (the
 checkpoint folder is keyed by a hash of them), and sweeps resume cell by cell.
@@ -27,9 +32,10 @@ from robustjpeg.errors import ConfigError
 from robustjpeg.io import config_hash
 
 DEFAULT_FILE = Path(__file__).resolve().parent / "suites" / "bench-quick.toml"
+MATCH = "match:"  # jpeg_quality = "match:NAME": a fixed-JPEG control matched to NAME's learned tables
 SECTION_KEYS = {
     "benchmark": {"name", "seed", "num_examples", "suites", "out", "history", "fail_on_drop", "batch_size",
-                  "description", "eps", "standard_eps"},
+                  "description", "eps", "standard_eps", "suite_examples", "seeds"},
     "data": {"dataset", "root", "download"},
     "models": {"name", "train", "load", "suites", "transfer_from"},
 }
@@ -65,6 +71,11 @@ class Benchmark:
     batch_size: int = 256
     eps: list[float] | None = None
     standard_eps: float | None = None
+    suite_examples: dict[str, int] = field(default_factory=dict)
+
+    def examples(self, suite: str) -> int | None:
+        """How many test images a suite is run on (suite_examples overrides num_examples)."""
+        return self.suite_examples.get(suite, self.num_examples)
 
 
 def _check_keys(table: dict, allowed: set[str], where: str, path: Path) -> None:
@@ -126,6 +137,8 @@ def load_benchmark(path: Path | str | None = None) -> Benchmark:
     models = [_parse_model(m, i, path) for i, m in enumerate(doc.get("models", []))]
     if not models:
         raise ConfigError(f"{path}: no [[models]] entries; add at least one model to train or load")
+    if "seeds" in head:
+        models = _per_seed(models, _seeds(head["seeds"], path), path)
     bench = Benchmark(
         name=_typed(head.get("name", path.stem), str, "benchmark.name", path), path=path,
         dataset=data["dataset"], models=models,
@@ -136,21 +149,89 @@ def load_benchmark(path: Path | str | None = None) -> Benchmark:
         out=_path(head.get("out")), history=_path(head.get("history")),
         fail_on_drop=_typed(head.get("fail_on_drop"), (int, float), "benchmark.fail_on_drop", path),
         batch_size=_typed(head.get("batch_size", 256), int, "benchmark.batch_size", path),
-        eps=_budgets(head, "eps", path), standard_eps=_budgets(head, "standard_eps", path))
+        eps=_budgets(head, "eps", path), standard_eps=_budgets(head, "standard_eps", path),
+        suite_examples=_typed(head.get("suite_examples", {}), dict, "benchmark.suite_examples", path))
     _check_models(bench)
     return bench
+
+
+def _seeds(value: Any, path: Path) -> list[int]:
+    if not isinstance(value, list) or not value or not all(isinstance(v, int) and not isinstance(v, bool)
+                                                            for v in value) or len(set(value)) != len(value):
+        raise ConfigError(f"{path}: benchmark.seeds = {value!r}; give distinct integers, e.g. seeds = [0, 1, 2]")
+    return value
+
+
+def _per_seed(models: list[ModelEntry], seeds: list[int], path: Path) -> list[ModelEntry]:
+    """One trained entry per seed (NAME-sSEED); references to trained models point at the same seed's copy."""
+    trained = {m.name for m in models if m.train is not None}
+
+    def at(name: str | None, seed: int) -> str | None:
+        return f"{name}-s{seed}" if name in trained else name
+
+    out = []
+    for seed in seeds:
+        for m in models:
+            if m.train is None:
+                if seed == seeds[0]:
+                    out.append(m)
+                continue
+            if "seed" in m.train:
+                raise ConfigError(f"{path}: model {m.name!r} sets train.seed and benchmark.seeds is given; "
+                                  "drop one of them")
+            train = {**m.train, "seed": seed}
+            quality = train.get("jpeg_quality")
+            if isinstance(quality, str) and quality.startswith(MATCH):
+                train["jpeg_quality"] = MATCH + at(quality[len(MATCH):], seed)
+            out.append(dataclasses.replace(m, name=at(m.name, seed), train=train,
+                                           transfer_from=at(m.transfer_from, seed)))
+    return out
 
 
 def _check_models(bench: Benchmark) -> None:
     names = [m.name for m in bench.models]
     if len(set(names)) != len(names):
         raise ConfigError(f"{bench.path}: model names must be unique, got {names}")
-    for m in bench.models:
+    for i, m in enumerate(bench.models):
         if m.transfer_from is not None and m.transfer_from not in names:
             raise ConfigError(f"{bench.path}: model {m.name!r} has transfer_from = {m.transfer_from!r}, "
                               f"which is not one of {names}")
+        _check_match(bench, m, bench.models[:i])
     if bench.num_examples is not None and bench.num_examples <= 0:
         raise ConfigError(f"{bench.path}: benchmark.num_examples must be positive")
+    suites = set(bench.suites) | {s for m in bench.models for s in m.suites or []}
+    for suite, n in bench.suite_examples.items():
+        if suite not in suites or not isinstance(n, int) or isinstance(n, bool) or n <= 0:
+            raise ConfigError(f"{bench.path}: benchmark.suite_examples.{suite} = {n!r}; give a positive number "
+                              f"of images for one of the suites this file runs ({', '.join(sorted(suites))})")
+
+
+def _check_match(bench: Benchmark, entry: ModelEntry, earlier: list[ModelEntry]) -> None:
+    """jpeg_quality is an integer, or "match:NAME" naming an earlier trained JPEG-DL model."""
+    quality = (entry.train or {}).get("jpeg_quality")
+    if not isinstance(quality, str):
+        return
+    source = quality[len(MATCH):] if quality.startswith(MATCH) else None
+    candidates = [m.name for m in earlier if m.train is not None and m.train.get("variant") == "jpeg"]
+    if source not in candidates:
+        raise ConfigError(f"{bench.path}: model {entry.name!r}: jpeg_quality = {quality!r}; give an integer "
+                          f"1..100 or \"{MATCH}NAME\" with NAME an earlier trainable JPEG model "
+                          f"({', '.join(candidates) or 'none in this file'})")
+
+
+def resolve_match(entry: ModelEntry, checkpoints: dict[str, Path], log: "Log") -> ModelEntry:
+    """Replace jpeg_quality = "match:NAME" by the quality closest to NAME's learned tables."""
+    from robustjpeg.jpeg import matched_quality
+    from robustjpeg.train import load_trained
+
+    quality = (entry.train or {}).get("jpeg_quality")
+    if not isinstance(quality, str):
+        return entry
+    source = quality[len(MATCH):]
+    model, _, _ = load_trained(checkpoints[source])
+    matched = matched_quality(model.jpeg.steps())
+    log(f"{entry.name}: jpeg_quality {matched}, the standard quality closest to {source}'s learned tables")
+    return dataclasses.replace(entry, train={**entry.train, "jpeg_quality": matched})
 
 
 class Log:
@@ -238,10 +319,14 @@ def _sweep_all(bench: Benchmark, models: dict, infos: dict, out: Path, device, s
     from robustjpeg.sweep import run_sweep, sweep_fingerprint
 
     ds = load_dataset(bench.dataset, bench.data_root, bench.download)
-    x, y, idx = eval_tensors(ds, bench.num_examples, bench.seed)
+    subsets: dict[int | None, tuple] = {}
     run_dirs = []
     for entry in bench.models:
         for suite_name in suites_override or entry.suites or bench.suites:
+            n = bench.examples(suite_name)
+            if n not in subsets:  # one seed: nested subsets while class quotas grow with n (balanced test sets)
+                subsets[n] = eval_tensors(ds, n, bench.seed)
+            x, y, idx = subsets[n]
             suite = load_suite(suite_name).with_eps(eps or bench.eps, bench.standard_eps)
             key = sweep_fingerprint(suite, x, y, bench.seed, infos[entry.name], None)
             run_dir = out / "runs" / entry.name / key[:8] / suite.name
@@ -283,7 +368,11 @@ def run_benchmark(bench: Benchmark, out: Path, *, device: str = "auto", suites: 
     out = Path(out)
     log(f"benchmark {bench.name!r} from {bench.path}: {len(bench.models)} model(s), data {bench.dataset}, "
         f"n={bench.num_examples}, seed {bench.seed}, device {device}, output {out}")
-    checkpoints = {e.name: ensure_trained(bench, e, out / "models", device, log) for e in bench.models if e.train}
+    checkpoints: dict[str, Path] = {}
+    for entry in bench.models:
+        if entry.train is not None:
+            entry = resolve_match(entry, checkpoints, log)
+            checkpoints[entry.name] = ensure_trained(bench, entry, out / "models", device, log)
     loaded = {e.name: load_entry(bench, e, checkpoints, device) for e in bench.models}
     models = {name: m for name, (m, _) in loaded.items()}
     infos = {name: info for name, (_, info) in loaded.items()}

@@ -235,6 +235,23 @@ def standard_tables(quality: int) -> Tensor:
     return ((base * scale + 50) // 100).clamp(1, 255).to(torch.float32)
 
 
+def matched_quality(steps: Tensor) -> int:
+    """The IJG quality (1..100) whose standard tables are closest to `steps` [T, 8, 8] in mean |log ratio|.
+
+    Used to build a fixed-JPEG control that compresses about as hard as a set of learned tables; the log
+    distance weighs a step that doubled the same whether it was 2 or 100.
+    """
+    steps = torch.as_tensor(steps, dtype=torch.float64).detach().cpu()
+    if steps.ndim != 3 or steps.shape[1:] != (8, 8) or steps.shape[0] not in (1, 2):
+        raise BadInput(f"expected step tables of shape [1 or 2, 8, 8], got {tuple(steps.shape)}")
+    if not bool(torch.isfinite(steps).all()) or bool((steps <= 0).any()):
+        raise BadInput("step tables must be finite and positive to match a JPEG quality")
+    log_steps = steps.log()
+    distances = [float((standard_tables(q)[: len(steps)].double().log() - log_steps).abs().mean())
+                 for q in range(1, 101)]
+    return 1 + min(range(100), key=distances.__getitem__)
+
+
 def validate_images(x: Tensor, channels: int, values: bool = True) -> None:
     """Raise BadInput unless x is a float NCHW tensor with `channels` channels, finite, in [0, 1] (+-tolerance).
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from functools import reduce
 from pathlib import Path
 
 import numpy as np
@@ -85,35 +86,44 @@ def _summary(runs: list[Run]) -> str:
     return "## Summary\n\n" + fmt.table(header, rows)
 
 
+def shared_samples(runs: list[Run]) -> np.ndarray:
+    """The test-set indices that every run evaluated (runs of one model may use nested subsets of different n)."""
+    return reduce(np.intersect1d, [r.outcomes.indices for r in runs])
+
+
 def combined_worst_case(runs: list[Run]) -> dict[tuple[str, float], dict]:
-    """Per budget, the per-sample AND of the worst cases of runs of one model on the same samples (all suites)."""
+    """Per budget, the per-sample AND of the worst cases of runs of one model (all suites), on their shared samples."""
+    common = shared_samples(runs)
     combined: dict[tuple[str, float], np.ndarray] = {}
     for run in runs:
+        keep = np.isin(run.outcomes.indices, common)
         for (norm, eps), ok in run.outcomes.worst.items():
             key = next((k for k in combined if k[0] == norm and np.isclose(k[1], eps)), (norm, float(eps)))
-            combined[key] = combined[key] & ok if key in combined else ok.copy()
+            combined[key] = combined[key] & ok[keep] if key in combined else ok[keep].copy()
     return {key: {**robust_record(ok), "suites": sum(r.worst_at(*key) is not None for r in runs)}
             for key, ok in combined.items()}
 
 
 def _across_suites(runs: list[Run]) -> str:
-    """For models swept with several suites on the same samples: the worst case over every attack of every suite."""
+    """For models swept with several suites: the worst case over every attack of every suite, on shared samples."""
     groups: dict[str, list[Run]] = {}
     for run in runs:
         groups.setdefault(run.model, []).append(run)
     parts = []
     for model, group in groups.items():
-        if len(group) < 2 or any(not np.array_equal(r.outcomes.indices, group[0].outcomes.indices) for r in group):
+        n = len(shared_samples(group))
+        if len(group) < 2 or n == 0:
             continue
         combined = combined_worst_case(group)
-        rows = [[fmt.budget(norm, eps), fmt.acc(rec, group[0].n), f"{rec['suites']} of {len(group)}"]
+        rows = [[fmt.budget(norm, eps), fmt.acc(rec, n), f"{rec['suites']} of {len(group)}"]
                 for (norm, eps), rec in sorted(combined.items(), key=lambda kv: (kv[0][0] != "Linf", kv[0]))]
-        parts.append(f"### {model}: {', '.join(r.suite for r in group)}\n\n"
+        parts.append(f"### {model}: {', '.join(r.suite for r in group)} (n = {n})\n\n"
                      + fmt.table(["budget", "robust (worst over all suites)", "suites with this budget"], rows))
     if not parts:
         return ""
-    return ("## Worst case over every suite\n\nA sample counts as robust only if no attack of any suite broke it "
-            "(same samples in every run of the model).\n\n" + "\n\n".join(parts))
+    return ("## Worst case over every suite\n\nA sample counts as robust only if no attack of any suite broke it. "
+            "Runs of different sizes are combined on the samples they all evaluated (n below).\n\n"
+            + "\n\n".join(parts))
 
 
 def _budgets(records: list[dict]) -> list[tuple[str, float]]:

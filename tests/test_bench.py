@@ -8,11 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import one_thread
 from robustjpeg.attacks import PGD
 from robustjpeg.bench import DEFAULT_FILE, load_benchmark
 from robustjpeg.cli import EXIT_CRASH, EXIT_REGRESSION, EXIT_USAGE, main
+from robustjpeg.errors import ConfigError
+from robustjpeg.jpeg import CHROMA_TABLE, LUMA_TABLE
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 N = "60"
@@ -100,9 +103,9 @@ def test_rerun_after_a_planted_better_run_exits_with_the_regression_code(default
 
 def test_unknown_key_in_a_benchmark_file_is_named(tmp_path, capsys):
     bad = tmp_path / "bad.toml"
-    bad.write_text(DEFAULT_FILE.read_text().replace("seed = 0", "seeds = 0"))
+    bad.write_text(DEFAULT_FILE.read_text().replace("seed = 0", "seed = 0\nrandom_seed = 1"))
     assert main(["bench", str(bad)]) == EXIT_USAGE
-    assert "seeds" in capsys.readouterr().err
+    assert "random_seed" in capsys.readouterr().err
 
 
 def test_transfer_from_an_unknown_model_is_refused(tmp_path):
@@ -110,3 +113,77 @@ def test_transfer_from_an_unknown_model_is_refused(tmp_path):
     bad.write_text(DEFAULT_FILE.read_text().replace('transfer_from = "baseline"', 'transfer_from = "nobody"'))
     with pytest.raises(Exception, match="nobody"):
         load_benchmark(bad)
+
+
+SEEDED = """
+[benchmark]
+name = "seeded"
+num_examples = 40
+suites = ["quick", "adaptive-quick"]
+suite_examples = { adaptive-quick = 20 }
+seeds = [0, 1]
+eps = ["0", "0.1"]
+standard_eps = "0.1"
+
+[data]
+dataset = "mnist5k"
+
+[[models]]
+name = "jpeg-dl"
+train = { arch = "smallcnn", variant = "jpeg", epochs = 1, jpeg_init = "constant", jpeg_constant = 12.0 }
+
+[[models]]
+name = "control"
+train = { arch = "smallcnn", variant = "jpeg-fixed", epochs = 1, jpeg_quality = "match:jpeg-dl" }
+suites = ["adaptive-quick"]
+transfer_from = "jpeg-dl"
+"""
+
+
+def _closest_quality(steps: np.ndarray) -> int:
+    """Brute force in numpy: the IJG quality whose scaled Annex K tables are nearest in mean |log ratio|."""
+    base = np.array([LUMA_TABLE, CHROMA_TABLE], dtype=np.int64)[: len(steps)]
+    dist = [np.abs(np.log(np.clip((base * (5000 // q if q < 50 else 200 - 2 * q) + 50) // 100, 1, 255))
+                   - np.log(steps)).mean() for q in range(1, 101)]
+    return 1 + int(np.argmin(dist))
+
+
+def test_seeds_matched_controls_and_per_suite_sizes(tmp_path):
+    path = tmp_path / "seeded.toml"
+    path.write_text(SEEDED)
+    with one_thread():
+        assert main(["bench", str(path), "-o", str(tmp_path / "out"), "--device", "cpu"]) in (0, 4)
+    folders = {p.name.rsplit("-", 1)[0]: p for p in (tmp_path / "out" / "models").iterdir()}
+    assert set(folders) == {"jpeg-dl-s0", "jpeg-dl-s1", "control-s0", "control-s1"}
+    for seed in (0, 1):
+        learned = torch.load(folders[f"jpeg-dl-s{seed}"] / "checkpoint.pt", weights_only=True)
+        learned = next(v for k, v in learned["state_dict"].items() if k.endswith("tables")).numpy()
+        control = torch.load(folders[f"control-s{seed}"] / "checkpoint.pt", weights_only=True)
+        assert control["train_config"]["seed"] == seed and learned.shape[0] == 1
+        fixed = next(v for k, v in control["state_dict"].items() if k.endswith("tables")).numpy()
+        expected = _closest_quality(learned)
+        assert expected != 50, "a constant table should not match the standard quality 50"
+        assert control["train_config"]["jpeg_quality"] == expected
+        assert np.array_equal(fixed, np.clip((np.array([LUMA_TABLE]) * (5000 // expected if expected < 50 else
+                                                                          200 - 2 * expected) + 50) // 100, 1, 255))
+    sizes = {}
+    for results in (tmp_path / "out" / "runs").glob("*/*/*/results.json"):
+        model, suite = results.parts[-4], results.parts[-2]
+        sizes[model, suite] = json.loads(results.read_text())["n"]
+        indices = set(np.load(results.parent / "samples.npz")["indices"].tolist())
+        sizes[model, suite, "indices"] = indices
+    assert sizes["jpeg-dl-s0", "quick"] == 40 and sizes["jpeg-dl-s0", "adaptive-quick"] == 20
+    assert sizes["control-s1", "adaptive-quick"] == 20 and ("control-s1", "quick") not in sizes
+    assert sizes["jpeg-dl-s1", "adaptive-quick", "indices"] < sizes["jpeg-dl-s1", "quick", "indices"]
+
+
+@pytest.mark.parametrize("change, named", [
+    ('jpeg_quality = "match:jpeg-dl"', 'jpeg_quality = "match:nobody"'),
+    ("suite_examples = { adaptive-quick = 20 }", "suite_examples = { standard = 20 }"),
+    ("seeds = [0, 1]", "seeds = [1, 1]"),
+])
+def test_bad_seeds_matches_and_suite_sizes_are_refused(tmp_path, change, named):
+    path = tmp_path / "bad.toml"
+    path.write_text(SEEDED.replace(change, named))
+    with pytest.raises(ConfigError, match=named.split(" = ")[0].split()[-1]):
+        load_benchmark(path)

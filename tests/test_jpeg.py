@@ -15,6 +15,7 @@ from torch.func import functional_call
 from robustjpeg.errors import BadInput, ConfigError, UnknownName
 from robustjpeg.jpeg import (
     JpegLayer,
+    matched_quality,
     block_dct,
     block_idct,
     init_abs_avg,
@@ -305,3 +306,16 @@ def test_bad_configuration_is_rejected():
         JpegLayer(alpha=torch.ones(4, 4))
     with pytest.raises(ConfigError, match="hardness"):
         JpegLayer(hardness=0.0)
+
+
+def test_matched_quality_recovers_every_distinct_standard_table_and_refuses_bad_tables():
+    seen = {}
+    for q in range(1, 101):
+        seen.setdefault(tuple(standard_tables(q).flatten().tolist()), q)  # equal tables: the first quality wins
+    for table, q in seen.items():
+        assert matched_quality(torch.tensor(table).view(2, 8, 8)) == q
+    # IJG scaling: 80% of the quality-50 tables is quality 60 (200 - 2q = 80); 120% lies between 41 and 42 (5000 / q)
+    assert matched_quality(standard_tables(50) * 0.8) == 60 and matched_quality(standard_tables(50) * 1.2) in (41, 42)
+    for bad in (torch.zeros(2, 8, 8), torch.full((2, 8, 8), float("nan")), torch.ones(3, 8, 8)):
+        with pytest.raises(BadInput):
+            matched_quality(bad)

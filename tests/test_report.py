@@ -252,3 +252,18 @@ def test_worst_case_over_suites_is_the_per_sample_and_of_one_models_runs(tmp_pat
             assert alone is None or rec["accuracy"] <= alone["accuracy"], "combining suites raised an accuracy"
     report = write_report([first, second], tmp_path / "report").read_text()
     assert "## Worst case over every suite" in report and "### jpeg-dl" in report
+
+
+def test_worst_case_over_suites_of_different_sizes_uses_the_samples_they_share(tmp_path):
+    big = make_run(tmp_path / "quick", "jpeg-dl", attacks=ATTACKS[:2], n=300, index_seed=1)
+    small = make_run(tmp_path / "adaptive", "jpeg-dl", attacks=ATTACKS[2:3], n=100, jitter_seed=1, index_seed=2)
+    runs = load_runs([big, small])
+    shared = np.intersect1d(*[r.outcomes.indices for r in runs])
+    assert 0 < len(shared) < 100
+    combined = combined_worst_case(runs)
+    for (norm, eps), rec in combined.items():
+        own = [ok[np.isin(r.outcomes.indices, shared)] for r in runs
+               for (n, e), ok in r.outcomes.worst.items() if n == norm and np.isclose(e, eps)]
+        assert rec["n"] == len(shared) and rec["robust"] == int(np.logical_and.reduce(own).sum())
+    report = write_report([big, small], tmp_path / "report").read_text()
+    assert f"### jpeg-dl: quick, quick (n = {len(shared)})" in report

@@ -12,7 +12,7 @@ import torch
 
 from conftest import one_thread
 from robustjpeg.attacks import PGD
-from robustjpeg.bench import DEFAULT_FILE, load_benchmark
+from robustjpeg.bench import DEFAULT_FILE, load_benchmark, train_config
 from robustjpeg.cli import EXIT_CRASH, EXIT_REGRESSION, EXIT_USAGE, main
 from robustjpeg.errors import ConfigError
 from robustjpeg.jpeg import CHROMA_TABLE, LUMA_TABLE
@@ -187,3 +187,15 @@ def test_bad_seeds_matches_and_suite_sizes_are_refused(tmp_path, change, named):
     path.write_text(SEEDED.replace(change, named))
     with pytest.raises(ConfigError, match=named.split(" = ")[0].split()[-1]):
         load_benchmark(path)
+
+
+BENCHMARK_FILES = [p for p in sorted((Path(__file__).resolve().parents[1] / "attacks").glob("*.toml"))
+                   if "[benchmark]" in p.read_text()]
+
+
+@pytest.mark.parametrize("path", BENCHMARK_FILES, ids=lambda p: p.name)
+def test_every_committed_benchmark_file_loads_and_its_recipes_resolve(path):
+    bench = load_benchmark(path)
+    for entry in bench.models:
+        if entry.train is not None and not str(entry.train.get("jpeg_quality", "")).startswith("match:"):
+            train_config(bench, entry, "cpu").resolved("mnist" if bench.dataset.startswith("mnist") else "cifar")

@@ -104,6 +104,28 @@ def accuracy_curves(runs: list[Run], path: Path) -> Path:
         return _save(fig, path)
 
 
+def suite_curves(models: dict[str, dict[str, list[dict]]], path: Path) -> Path:
+    """Per model, its Linf worst case under each suite and over all of them: protocols side by side.
+
+    models: {model: {series label: Linf worst-case records}}; a line per suite shows how much a weak protocol
+    (such as the paper's 5-step PGD) overstates robustness against the strongest attacks.
+    """
+    labels = list(dict.fromkeys(label for series in models.values() for label in series))
+    colours = styles(labels)
+    ncols = min(3, len(models))
+    nrows = math.ceil(len(models) / ncols)
+    with _figure(4.3 * ncols, 3.3 * nrows + 0.8) as fig:
+        axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False, sharey=True)).ravel()
+        for ax, (model, series) in zip(axes, models.items()):
+            series = {k: sorted(v, key=lambda r: r["eps"]) for k, v in series.items()}
+            _curve_panel(ax, model, "Linf", series, colours, set())
+        for ax in axes[len(models):]:
+            ax.set_visible(False)
+        _legend(fig, colours)
+        fig.suptitle("Worst case over each suite's attacks, per model (Linf); bands: 95% Wilson intervals")
+        return _save(fig, path)
+
+
 def _curve_panel(ax, title: str, norm: str, series: dict, colours: dict, standard: set[float]) -> None:
     budgets = sorted({r["eps"] for recs in series.values() for r in recs})
     per_255 = norm == "Linf" and all(fmt.written_per_255(e) for e in budgets if e > 0)

@@ -16,6 +16,7 @@ from robustjpeg.runs import Run, load_runs, record_at
 
 AUTOATTACK_KINDS = ("autoattack",)  # the official AutoAttack (pyautoattack); torchattacks' 10-step copy is not one
 CURVES, BARS, TREND = "accuracy-vs-budget.png", "clean-vs-robust.png", "trend.png"
+SUITES = "worst-case-by-suite.png"
 
 
 def write_report(run_dirs: list[Path], out: Path, history: Path | None = None) -> Path:
@@ -40,7 +41,7 @@ def _run_sections(runs: list[Run], out: Path) -> list[str]:
     plots.clean_vs_robust(runs, out / BARS)
     tables = [_tables_figure(r, out) for r in runs if r.jpeg_tables]
     files = [_write_robustbench(r, out) for r in runs]
-    return [_warning(runs), _summary(runs), _across_suites(runs), _image("Clean and robust accuracy", BARS),
+    return [_warning(runs), _summary(runs), _across_suites(runs, out), _image("Clean and robust accuracy", BARS),
             _by_budget(runs),
             _image("Robust accuracy against budget", CURVES), _per_attack(runs), _checks(runs),
             _jpeg_section(tables), _facts(runs, out), _files(files)]
@@ -104,26 +105,35 @@ def combined_worst_case(runs: list[Run]) -> dict[tuple[str, float], dict]:
             for key, ok in combined.items()}
 
 
-def _across_suites(runs: list[Run]) -> str:
-    """For models swept with several suites: the worst case over every attack of every suite, on shared samples."""
+def _suite_groups(runs: list[Run]) -> dict[str, list[Run]]:
+    """Runs of each model that was swept with several suites sharing samples."""
     groups: dict[str, list[Run]] = {}
     for run in runs:
         groups.setdefault(run.model, []).append(run)
-    parts = []
+    return {m: g for m, g in groups.items() if len(g) > 1 and len(shared_samples(g)) > 0}
+
+
+def _across_suites(runs: list[Run], out: Path) -> str:
+    """For models swept with several suites: the worst case over every attack of every suite, on shared samples."""
+    groups = _suite_groups(runs)
+    parts, curves = [], {}
     for model, group in groups.items():
         n = len(shared_samples(group))
-        if len(group) < 2 or n == 0:
-            continue
         combined = combined_worst_case(group)
         rows = [[fmt.budget(norm, eps), fmt.acc(rec, n), f"{rec['suites']} of {len(group)}"]
                 for (norm, eps), rec in sorted(combined.items(), key=lambda kv: (kv[0][0] != "Linf", kv[0]))]
         parts.append(f"### {model}: {', '.join(r.suite for r in group)} (n = {n})\n\n"
                      + fmt.table(["budget", "robust (worst over all suites)", "suites with this budget"], rows))
+        curves[model] = {**{f"{r.suite} (n = {r.n})": [w for w in r.results["worst_case"] if w["norm"] == "Linf"]
+                            for r in group},
+                         f"every suite (n = {n})": [{"eps": eps, **rec} for (norm, eps), rec in combined.items()
+                                                    if norm == "Linf"]}
     if not parts:
         return ""
+    plots.suite_curves(curves, out / SUITES)
     return ("## Worst case over every suite\n\nA sample counts as robust only if no attack of any suite broke it. "
             "Runs of different sizes are combined on the samples they all evaluated (n below).\n\n"
-            + "\n\n".join(parts))
+            + "\n\n".join(parts) + "\n\n" + _image("Worst case per suite and over every suite", SUITES))
 
 
 def _budgets(records: list[dict]) -> list[tuple[str, float]]:

@@ -316,9 +316,12 @@ def _sweep_all(bench: Benchmark, models: dict, infos: dict, out: Path, device, s
                log: Log) -> list[Path]:
     from robustjpeg.attacks import load_suite
     from robustjpeg.data import eval_tensors, load_dataset
+    from robustjpeg.loading import fit_to_data
     from robustjpeg.sweep import run_sweep, sweep_fingerprint
 
     ds = load_dataset(bench.dataset, bench.data_root, bench.download)
+    probe = eval_tensors(ds, min(2, len(ds.test)), bench.seed)[0].to(device)
+    models = {name: fit_to_data(m, infos[name], probe, len(ds.classes), ds.name) for name, m in models.items()}
     subsets: dict[int | None, tuple] = {}
     run_dirs = []
     for entry in bench.models:

@@ -163,7 +163,7 @@ def _sweep(args: argparse.Namespace, run_dir: Path) -> dict:
     from robustjpeg.attacks import load_suite
     from robustjpeg.data import eval_tensors, load_dataset
     from robustjpeg.io import resolve_device
-    from robustjpeg.loading import check_class_count, fit_input_size, load_model
+    from robustjpeg.loading import fit_to_data, load_model
     from robustjpeg.distributed import is_main, launch
     from robustjpeg.sweep import run_sweep
 
@@ -174,8 +174,7 @@ def _sweep(args: argparse.Namespace, run_dir: Path) -> dict:
     source = load_model(args.transfer_from, device=device)[0] if args.transfer_from else None
     data = load_dataset(args.dataset, args.data_root, args.download)
     x, y, indices = eval_tensors(data, args.num_examples, args.seed)
-    model = fit_input_size(model, info, x[:1].to(device))
-    check_class_count(model, x[:2].to(device), len(data.classes), args.dataset)
+    model = fit_to_data(model, info, x[:2].to(device), len(data.classes), args.dataset)
     results = run_sweep(model, x, y, suite, run_dir, seed=args.seed, device=device, resume=args.resume,
                         model_info=info, transfer_source=source, batch_size=args.batch_size, indices=indices,
                         dataset=args.dataset, deploy_mode=args.jpeg_mode)

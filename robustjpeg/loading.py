@@ -131,6 +131,13 @@ def fit_input_size(model: nn.Module, info: dict, x: torch.Tensor) -> nn.Module:
     return nn.Sequential(Resize(size), model).to(x.device).eval()
 
 
+def fit_to_data(model: nn.Module, info: dict, x: torch.Tensor, num_classes: int, data_name: str) -> nn.Module:
+    """Resize inputs to the model's declared size, then refuse a model whose outputs are not one score per class."""
+    model = fit_input_size(model, info, x[:1])
+    check_class_count(model, x[:2], num_classes, data_name)
+    return model
+
+
 def parse_input_size(value: Any) -> tuple[int, int]:
     """32, "32", "32x32", "32,32" or [32, 32] -> (H, W)."""
     parts = [value] if isinstance(value, int) else value

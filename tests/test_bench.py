@@ -199,3 +199,17 @@ def test_every_committed_benchmark_file_loads_and_its_recipes_resolve(path):
     for entry in bench.models:
         if entry.train is not None and not str(entry.train.get("jpeg_quality", "")).startswith("match:"):
             train_config(bench, entry, "cpu").resolved("mnist" if bench.dataset.startswith("mnist") else "cifar")
+
+
+def test_a_loaded_model_with_the_wrong_class_count_is_refused_before_any_sweep(tmp_path, capsys):
+    from robustjpeg.models import ModelSpec, build_model
+
+    spec = ModelSpec(arch="smallcnn", num_classes=7, in_channels=1, mean=(0.13,), std=(0.31,), input_size=28)
+    torch.save({"schema": "robustjpeg.checkpoint/1", "model_spec": spec.to_dict(),
+                "state_dict": build_model(spec).state_dict(), "complete": True, "epoch": 1}, tmp_path / "seven.pt")
+    path = tmp_path / "bench.toml"
+    path.write_text(f'[data]\ndataset = "mnist5k"\n\n[[models]]\nname = "seven"\n'
+                    f'load = {{ source = "{(tmp_path / "seven.pt").as_posix()}" }}\n')
+    assert main(["bench", str(path), "-o", str(tmp_path / "out"), "--device", "cpu"]) == EXIT_USAGE
+    assert "has 10 classes" in capsys.readouterr().err
+    assert not list((tmp_path / "out").glob("runs/*/*/*/cells/*")), "a sweep started on a model that cannot fit"

@@ -100,8 +100,11 @@ def write_results(run_dir: Path, results: dict) -> None:
 
 
 @dataclass
-class Run:
-    """A finished run folder read back: run.json, results.json and the per-sample arrays."""
+class RawRun:
+    """A finished run folder's files as written: run.json, results.json and the per-sample arrays.
+
+    runs.Run is the checked view the report and compare stages use; this is the format layer under it.
+    """
 
     folder: Path
     run: dict
@@ -115,7 +118,7 @@ class Run:
         return self.samples["robust"][keys.index(key)]
 
 
-def read_run(run_dir: Path) -> Run:
+def read_run(run_dir: Path) -> RawRun:
     """Load a run folder, naming the missing or foreign file when it cannot be read."""
     folder = Path(run_dir)
     run = read_json(folder / "run.json", "run file")
@@ -128,4 +131,4 @@ def read_run(run_dir: Path) -> Run:
         raise RunFolderError(f"{path} is missing; rerun the sweep with --resume to write it")
     with np.load(path) as data:
         samples = {name: data[name] for name in data.files}
-    return Run(folder, run, results, samples)
+    return RawRun(folder, run, results, samples)

@@ -67,6 +67,31 @@ def single_thread():
         yield
 
 
+class Killed(Exception):
+    """Stands in for the process being killed in the middle of a sweep."""
+
+
+@pytest.fixture
+def kill_pgd_after(monkeypatch):
+    """kill_pgd_after(k): the k-th PGD call raises Killed; kill_pgd_after(None) puts PGD back (the rerun)."""
+    from robustjpeg.attacks import PGD
+
+    original = PGD.perturb
+
+    def arm(k: int | None) -> None:
+        calls = []
+
+        def dies(self, *args):
+            calls.append(1)
+            if len(calls) == k:
+                raise Killed
+            return original(self, *args)
+
+        monkeypatch.setattr(PGD, "perturb", original if k is None else dies)
+
+    return arm
+
+
 def _train_mnist(tmp_path_factory, variant: str) -> dict:
     from robustjpeg.train import TrainConfig, train
 

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from conftest import one_thread
-from robustjpeg.attacks import PGD
 from robustjpeg.bench import DEFAULT_FILE, load_benchmark, train_config
 from robustjpeg.cli import EXIT_CRASH, EXIT_REGRESSION, EXIT_USAGE, main
 from robustjpeg.errors import ConfigError
@@ -19,10 +18,6 @@ from robustjpeg.jpeg import CHROMA_TABLE, LUMA_TABLE
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 N = "60"
-
-
-class Killed(Exception):
-    """Stands in for the process being killed in the middle of a sweep."""
 
 
 def _bench(out: Path, history: Path, *extra: str) -> int:
@@ -66,20 +61,12 @@ def test_failed_checks_give_their_own_exit_code(default_run):
     assert code == (4 if failed else 0)
 
 
-def test_kill_in_the_middle_of_a_sweep_and_rerun_give_the_same_results(default_run, tmp_path, monkeypatch):
+def test_kill_in_the_middle_of_a_sweep_and_rerun_give_the_same_results(default_run, tmp_path, kill_pgd_after):
     root, _ = default_run
     shutil.copytree(root / "out" / "models", tmp_path / "out" / "models")  # training is reused, sweeps are cut
-    calls, original = [], PGD.perturb
-
-    def dies_on_fifth_call(self, *args):
-        calls.append(1)
-        if len(calls) == 5:
-            raise Killed
-        return original(self, *args)
-
-    monkeypatch.setattr(PGD, "perturb", dies_on_fifth_call)
+    kill_pgd_after(5)
     assert _bench(tmp_path / "out", tmp_path / "history") == EXIT_CRASH
-    monkeypatch.setattr(PGD, "perturb", original)
+    kill_pgd_after(None)
     _bench(tmp_path / "out", tmp_path / "history")
     whole, resumed = _outcomes(root / "out"), _outcomes(tmp_path / "out")
     assert whole.keys() == resumed.keys()

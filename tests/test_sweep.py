@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import one_thread
-from robustjpeg.attacks import PGD, Suite, load_suite
+from conftest import Killed, one_thread
+from robustjpeg.attacks import Suite, load_suite
 from robustjpeg.cli import EXIT_CHECK_FAILED, EXIT_OK, EXIT_USAGE, main
 from robustjpeg.data import eval_tensors, load_dataset
 from robustjpeg.errors import BadInput, RunFolderError
@@ -83,28 +83,16 @@ def test_run_folder_follows_the_contract(deterministic_runs):
     assert np.array_equal(worst, run.cell("fgsm|Linf|0.1254902") & run.cell("pgd|Linf|0.1254902"))
 
 
-class Killed(Exception):
-    pass
-
-
-def test_kill_and_resume_give_identical_results(tmp_path, monkeypatch):
+def test_kill_and_resume_give_identical_results(tmp_path, kill_pgd_after):
     suite = load_suite(write_suite(tmp_path, suite_toml(["0", "4/255", "16/255", "48/255"], {"name": "pgd", "kind": "pgd", "steps": 4, "restarts": 2})))
     model, (x, y) = trained_cnn(), eval_set(40)
     whole = run_sweep(model, x, y, suite, tmp_path / "whole", seed=3, progress=False)
-    calls, original = [], PGD.perturb
-
-    def dies_on_third_call(self, *args):
-        calls.append(1)
-        if len(calls) == 3:
-            raise Killed
-        return original(self, *args)
-
-    monkeypatch.setattr(PGD, "perturb", dies_on_third_call)
+    kill_pgd_after(3)
     with pytest.raises(Killed):
         run_sweep(model, x, y, suite, tmp_path / "cut", seed=3, progress=False)
     finished = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cut" / "cells").glob("*.npz")}
     assert finished and json.loads((tmp_path / "cut" / "run.json").read_text())["status"] == "running"
-    monkeypatch.setattr(PGD, "perturb", original)
+    kill_pgd_after(None)
     resumed = run_sweep(model, x, y, suite, tmp_path / "cut", seed=3, resume=True, progress=False)
     assert {p: (tmp_path / "cut" / "cells" / p).stat().st_mtime_ns for p in finished} == finished, "finished cells redone"
     assert [c["robust"] for c in resumed["cells"]] == [c["robust"] for c in whole["cells"]]

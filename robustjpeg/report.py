@@ -62,27 +62,45 @@ def _title(runs: list[Run]) -> str:
             "only if every attack in the suite failed on it. Every number below is read from the runs' result files.")
 
 
+# Checks whose FAIL means the plain gradients of the model are masked, whichever suite found it.
+MASKING_CHECKS = ("iterative_beats_single_step", "blackbox_weaker_than_whitebox", "bpda_not_stronger")
+
+
+def masked_models(runs: list[Run]) -> set[str]:
+    """Models one of whose runs found masked gradients: their plain-gradient figures overstate robustness in every run."""
+    return {r.model for r in runs for c in r.checks if c.get("status") == "FAIL" and c.get("name") in MASKING_CHECKS}
+
+
 def _warning(runs: list[Run]) -> str:
     bad = [r.label for r in runs if r.unreliable]
-    if not bad:
-        return ""
-    return (f"> **Unreliable:** {', '.join(bad)}: a sanity check FAILED (see [Sanity checks](#sanity-checks)), "
-            "so the robust accuracies of these models cannot be trusted.")
+    masked = masked_models(runs)
+    over = [r.label for r in runs if not r.unreliable and r.model in masked]
+    lines = []
+    if bad:
+        lines.append(f"> **Unreliable:** {', '.join(bad)}: a sanity check FAILED (see [Sanity checks](#sanity-checks)), "
+                     "so the robust accuracies of these runs cannot be trusted.")
+    if over:
+        lines.append(f"> **Overstated:** {', '.join(over)}: these runs passed their own checks, but another run of the "
+                     "same model found masked gradients, so their figures overstate its robustness; read the worst "
+                     "case over every suite instead.")
+    return "\n>\n".join(lines)
 
 
-def _check_summary(run: Run) -> str:
+def _check_summary(run: Run, masked: set[str]) -> str:
     counts = {s: sum(c.get("status") == s for c in run.checks) for s in ("PASS", "WARN", "FAIL", "SKIP")}
     text = ", ".join(f"{k} {s}" for s, k in counts.items() if k) or "no checks recorded"
-    return f"**unreliable** ({text})" if run.unreliable else f"reliable ({text})"
+    if run.unreliable:
+        return f"**unreliable** ({text})"
+    return f"**overstated** ({text}; another suite found masked gradients)" if run.model in masked else f"reliable ({text})"
 
 
 def _summary(runs: list[Run]) -> str:
-    rows = []
+    rows, masked = [], masked_models(runs)
     for run in runs:
         robust = run.robust_standard
         rows.append([run.label, run.dataset, str(run.n), fmt.acc(run.clean),
                      fmt.budget("Linf", run.standard_eps) if run.standard_eps is not None else "—",
-                     fmt.acc(robust, run.n) if robust else "—", _check_summary(run)])
+                     fmt.acc(robust, run.n) if robust else "—", _check_summary(run, masked)])
     header = ["model", "data", "n", "clean", "standard budget", "robust at standard budget", "sanity checks"]
     return "## Summary\n\n" + fmt.table(header, rows)
 
@@ -178,11 +196,13 @@ def _per_attack(runs: list[Run]) -> str:
 
 
 def _checks(runs: list[Run]) -> str:
-    parts = ["## Sanity checks\n\nAny FAIL marks a model's robust accuracies unreliable."]
+    parts = ["## Sanity checks\n\nAny FAIL marks a run's robust accuracies unreliable; a FAIL of a masking check "
+             f"({', '.join(MASKING_CHECKS)}) marks every run of that model as overstating its robustness."]
+    masked = masked_models(runs)
     for run in runs:
         rows = [[str(c.get("id", "")), c.get("name", ""), _status(c.get("status", "?")), fmt.number(c.get("value")),
                  str(c.get("detail", ""))] for c in run.checks]
-        parts.append(f"### {run.label}: {_check_summary(run)}\n\n"
+        parts.append(f"### {run.label}: {_check_summary(run, masked)}\n\n"
                      + fmt.table(["#", "check", "status", "measured", "reason"], rows))
     return "\n\n".join(parts)
 

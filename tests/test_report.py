@@ -267,3 +267,18 @@ def test_worst_case_over_suites_of_different_sizes_uses_the_samples_they_share(t
         assert rec["n"] == len(shared) and rec["robust"] == int(np.logical_and.reduce(own).sum())
     report = write_report([big, small], tmp_path / "report").read_text()
     assert f"### jpeg-dl: quick, quick (n = {len(shared)})" in report
+
+
+def test_a_masking_fail_in_one_suite_marks_the_models_other_runs_overstated(tmp_path):
+    masked = make_run(tmp_path / "adaptive", "jpeg-dl", fail={11: ("FAIL", 0.4, "BPDA far stronger")})
+    paper = make_run(tmp_path / "paper", "jpeg-dl", sample_seed=1)
+    clean_model = make_run(tmp_path / "base", "baseline", sample_seed=2)
+    other_fail = make_run(tmp_path / "odd", "odd", sample_seed=3, fail={2: ("FAIL", 1.2, "inputs outside [0, 1]")})
+    report = write_report([masked, paper, clean_model, other_fail], tmp_path / "report").read_text()
+    heading, _, rows = markdown_tables(report)[0]
+    assert heading == "Summary"
+    summary = {row[0]: row[-1] for row in rows}
+    assert summary["jpeg-dl (adaptive)"].startswith("**unreliable**")
+    assert summary["jpeg-dl (paper)"].startswith("**overstated**")
+    assert summary["baseline"].startswith("reliable") and summary["odd"].startswith("**unreliable**")
+    assert "> **Overstated:** jpeg-dl (paper)" in report

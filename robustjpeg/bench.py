@@ -312,6 +312,14 @@ class Outcome:
     failed_checks: list[str]
 
 
+def _sweep_order(bench: Benchmark, suites_override: list[str] | None) -> list[tuple[ModelEntry, str]]:
+    """(model, suite) pairs suite by suite, in the order suites first appear: every model's first (cheap) suite
+    finishes before any model's costly one, so a cut-short run still compares all models."""
+    pairs = [(entry, suite) for entry in bench.models for suite in suites_override or entry.suites or bench.suites]
+    order = list(dict.fromkeys(suite for _, suite in pairs))
+    return sorted(pairs, key=lambda pair: order.index(pair[1]))
+
+
 def _sweep_all(bench: Benchmark, models: dict, infos: dict, out: Path, device, suites_override, eps, progress,
                log: Log) -> list[Path]:
     from robustjpeg.attacks import load_suite
@@ -324,25 +332,24 @@ def _sweep_all(bench: Benchmark, models: dict, infos: dict, out: Path, device, s
     models = {name: fit_to_data(m, infos[name], probe, len(ds.classes), ds.name) for name, m in models.items()}
     subsets: dict[int | None, tuple] = {}
     run_dirs = []
-    for entry in bench.models:
-        for suite_name in suites_override or entry.suites or bench.suites:
-            n = bench.examples(suite_name)
-            if n not in subsets:  # one seed: nested subsets while class quotas grow with n (balanced test sets)
-                subsets[n] = eval_tensors(ds, n, bench.seed)
-            x, y, idx = subsets[n]
-            suite = load_suite(suite_name).with_eps(eps or bench.eps, bench.standard_eps)
-            key = sweep_fingerprint(suite, x, y, bench.seed, infos[entry.name], None)
-            run_dir = out / "runs" / entry.name / key[:8] / suite.name
-            log(f"{entry.name}: sweeping suite {suite.name!r} on {len(y)} images -> {run_dir}")
-            source = models[entry.transfer_from] if entry.transfer_from else None
-            results = run_sweep(models[entry.name], x, y, suite, run_dir, seed=bench.seed, device=device,
-                                resume=True, model_info=infos[entry.name], transfer_source=source,
-                                batch_size=bench.batch_size, progress=progress, indices=idx, dataset=ds.name)
-            at = [w for w in results["worst_case"] if w["norm"] == "Linf" and w["eps"] == suite.standard_eps]
-            headline = f", worst case at Linf {suite.standard_eps:.4g}: {at[0]['accuracy']:.3f}" if at else ""
-            log(f"{entry.name}: clean {results['clean']['accuracy']:.3f}{headline}, "
-                f"{results['checks_failed']} check(s) failed")
-            run_dirs.append(run_dir)
+    for entry, suite_name in _sweep_order(bench, suites_override):
+        n = bench.examples(suite_name)
+        if n not in subsets:  # one seed: nested subsets while class quotas grow with n (balanced test sets)
+            subsets[n] = eval_tensors(ds, n, bench.seed)
+        x, y, idx = subsets[n]
+        suite = load_suite(suite_name).with_eps(eps or bench.eps, bench.standard_eps)
+        key = sweep_fingerprint(suite, x, y, bench.seed, infos[entry.name], None)
+        run_dir = out / "runs" / entry.name / key[:8] / suite.name
+        log(f"{entry.name}: sweeping suite {suite.name!r} on {len(y)} images -> {run_dir}")
+        source = models[entry.transfer_from] if entry.transfer_from else None
+        results = run_sweep(models[entry.name], x, y, suite, run_dir, seed=bench.seed, device=device,
+                            resume=True, model_info=infos[entry.name], transfer_source=source,
+                            batch_size=bench.batch_size, progress=progress, indices=idx, dataset=ds.name)
+        at = [w for w in results["worst_case"] if w["norm"] == "Linf" and w["eps"] == suite.standard_eps]
+        headline = f", worst case at Linf {suite.standard_eps:.4g}: {at[0]['accuracy']:.3f}" if at else ""
+        log(f"{entry.name}: clean {results['clean']['accuracy']:.3f}{headline}, "
+            f"{results['checks_failed']} check(s) failed")
+        run_dirs.append(run_dir)
     return run_dirs
 
 

@@ -200,3 +200,12 @@ def test_a_loaded_model_with_the_wrong_class_count_is_refused_before_any_sweep(t
     assert main(["bench", str(path), "-o", str(tmp_path / "out"), "--device", "cpu"]) == EXIT_USAGE
     assert "has 10 classes" in capsys.readouterr().err
     assert not list((tmp_path / "out").glob("runs/*/*/*/cells/*")), "a sweep started on a model that cannot fit"
+
+
+def test_sweeps_run_suite_by_suite_so_cheap_suites_finish_for_every_model_first():
+    from robustjpeg.bench import _sweep_order
+
+    bench = load_benchmark(Path(__file__).resolve().parents[1] / "attacks" / "study-cpu.toml")
+    order = [(entry.name, suite) for entry, suite in _sweep_order(bench, None)]
+    assert order == [(m, s) for s in ("paper", "adaptive", "standard") for m in ("baseline", "jpeg-dl", "jpeg-fixed")]
+    assert [s for _, s in _sweep_order(bench, ["quick"])] == ["quick"] * 3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from functools import reduce
 from pathlib import Path
 
@@ -41,7 +42,7 @@ def _run_sections(runs: list[Run], out: Path) -> list[str]:
     plots.clean_vs_robust(runs, out / BARS)
     tables = [_tables_figure(r, out) for r in runs if r.jpeg_tables]
     files = [_write_robustbench(r, out) for r in runs]
-    return [_warning(runs), _summary(runs), _across_suites(runs, out), _image("Clean and robust accuracy", BARS),
+    return [_warning(runs), _summary(runs), _across_seeds(runs), _across_suites(runs, out), _image("Clean and robust accuracy", BARS),
             _by_budget(runs),
             _image("Robust accuracy against budget", CURVES), _per_attack(runs), _checks(runs),
             _jpeg_section(tables), _facts(runs, out), _files(files)]
@@ -152,6 +153,36 @@ def _across_suites(runs: list[Run], out: Path) -> str:
     return ("## Worst case over every suite\n\nA sample counts as robust only if no attack of any suite broke it. "
             "Runs of different sizes are combined on the samples they all evaluated (n below).\n\n"
             + "\n\n".join(parts) + "\n\n" + _image("Worst case per suite and over every suite", SUITES))
+
+
+SEED_NAME = re.compile(r"(?P<model>.+)-s(?P<seed>\d+)")  # bench names a seeded model NAME-sSEED
+
+
+def _across_seeds(runs: list[Run]) -> str:
+    """Models trained with several seeds (NAME-s0, NAME-s1, ...): mean and seed range of clean and worst case."""
+    groups: dict[tuple[str, str], list[Run]] = {}
+    for run in runs:
+        match = SEED_NAME.fullmatch(run.model)
+        if match:
+            groups.setdefault((match["model"], run.suite), []).append(run)
+    groups = {key: group for key, group in groups.items() if len(group) > 1}
+    if not groups:
+        return ""
+    keys = _budgets([w for g in groups.values() for r in g for w in r.results["worst_case"] if w["norm"] == "Linf"])
+    rows = []
+    for (model, suite), group in groups.items():
+        records = [[r.clean for r in group]] + [[r.worst_at(norm, eps) for r in group] for norm, eps in keys]
+        rows.append([model, suite, str(len(group))] + [_spread(recs) for recs in records])
+    header = ["model", "suite", "seeds", "clean"] + [fmt.budget(norm, eps) for norm, eps in keys]
+    return ("## Across seeds\n\nMean accuracy over the seeds (worst case over the suite's attacks), with the lowest "
+            "and highest seed in brackets: the spread that training noise alone gives.\n\n" + fmt.table(header, rows))
+
+
+def _spread(records: list[dict | None]) -> str:
+    if any(r is None for r in records):
+        return "—"
+    values = [r["accuracy"] for r in records]
+    return f"{fmt.pct(sum(values) / len(values))} [{fmt.pct(min(values))}, {fmt.pct(max(values))}]"
 
 
 def _budgets(records: list[dict]) -> list[tuple[str, float]]:

@@ -282,3 +282,20 @@ def test_a_masking_fail_in_one_suite_marks_the_models_other_runs_overstated(tmp_
     assert summary["jpeg-dl (paper)"].startswith("**overstated**")
     assert summary["baseline"].startswith("reliable") and summary["odd"].startswith("**unreliable**")
     assert "> **Overstated:** jpeg-dl (paper)" in report
+
+
+def test_models_trained_with_several_seeds_get_a_mean_and_seed_range(tmp_path):
+    folders = [make_run(tmp_path / f"s{seed}", f"jpeg-dl-s{seed}", sample_seed=seed) for seed in range(3)]
+    folders.append(make_run(tmp_path / "single", "baseline", sample_seed=9))
+    report = write_report(folders, tmp_path / "report").read_text()
+    heading, header, rows = next(t for t in markdown_tables(report) if t[0] == "Across seeds")
+    assert [row[:3] for row in rows] == [["jpeg-dl", "quick", "3"]], "only the seeded model is aggregated"
+    runs = load_runs(folders[:3])
+    for column, cell in zip(header[3:], rows[0][3:]):
+        if column == "clean":
+            values = [float(np.load(f / "samples.npz")["clean_correct"].mean()) for f in folders[:3]]
+        else:
+            eps = next(e for (n, e) in runs[0].outcomes.worst if budget(n, e) == column)
+            values = [float(r.outcomes.worst[("Linf", eps)].mean()) for r in runs]
+        mean, lo, hi = (float(v) for v in re.findall(r"[\d.]+", cell))
+        assert (mean, lo, hi) == tuple(round(100 * v, 1) for v in (np.mean(values), min(values), max(values)))

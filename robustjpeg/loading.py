@@ -57,11 +57,10 @@ import torch
 from torch import nn
 
 from robustjpeg.errors import CheckpointError, ConfigError, UnknownName
-from robustjpeg.models import MODELS, Normalize, create_model
+from robustjpeg.models import MODELS, Normalize, create_model, strip_prefixes
 from robustjpeg.train import SCHEMA, load_trained
 
 WRAPPER_KEYS = ("state_dict", "model", "net", "model_state_dict")
-PREFIXES = ("module.", "model.")
 SPEC_KEYS = {"name": str, "checkpoint": str, "arch": str, "num_classes": int, "mean": list, "std": list,
              "input_size": (int, list), "threat_model": str, "model_dir": str}
 ZOO_DATASETS = ("cifar10", "cifar100", "imagenet")
@@ -338,18 +337,6 @@ def build_architecture(arch: str, num_classes: int, in_channels: int = 3) -> nn.
         if timm.is_model(model_name):
             return timm.create_model(model_name, pretrained=False, num_classes=num_classes, in_chans=in_channels)
     raise UnknownName(f"unknown architecture {arch!r}; ours: {', '.join(MODELS.names())}; or torchvision:NAME / timm:NAME")
-
-
-def strip_prefixes(state: dict, expected: dict) -> dict:
-    """Drop 'module.' / 'model.' prefixes that every key carries and the architecture's keys do not."""
-    changed = True
-    while changed:
-        changed = False
-        for prefix in PREFIXES:
-            if all(k.startswith(prefix) for k in state) and not all(k.startswith(prefix) for k in expected):
-                state = {k[len(prefix):]: v for k, v in state.items()}
-                changed = True
-    return state
 
 
 def load_matching_state(model: nn.Module, state: dict, what: str) -> None:

@@ -243,6 +243,17 @@ def build_model(spec: ModelSpec) -> JpegModel:
     return JpegModel(jpeg, backbone, spec.mean, spec.std)
 
 
-def strip_prefix(state_dict: dict[str, Tensor], prefix: str = "module.") -> dict[str, Tensor]:
-    """Keys without a DataParallel-style prefix, so third-party checkpoints load with strict matching."""
-    return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state_dict.items()}
+# Wrapper prefixes: DataParallel/DDP, RobustBench-style wrappers, torch.compile.
+PREFIXES = ("module.", "model.", "_orig_mod.")
+
+
+def strip_prefixes(state: dict[str, Tensor], expected: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Drop wrapper prefixes that every key of `state` carries and the architecture's keys (`expected`) do not."""
+    changed = True
+    while changed:
+        changed = False
+        for prefix in PREFIXES:
+            if all(k.startswith(prefix) for k in state) and not all(k.startswith(prefix) for k in expected):
+                state = {k[len(prefix):]: v for k, v in state.items()}
+                changed = True
+    return state

@@ -22,7 +22,7 @@ from robustjpeg.io import (atomic_torch_save, atomic_write_json, atomic_write_te
                            library_versions, resolve_device)
 from robustjpeg.jpeg import INITS as JPEG_INITS
 from robustjpeg.jpeg import JpegLayer, init_abs_avg, init_sensitivity
-from robustjpeg.models import VARIANTS, JpegModel, ModelSpec, build_model, strip_prefix
+from robustjpeg.models import VARIANTS, JpegModel, ModelSpec, build_model, strip_prefixes
 from robustjpeg.stats import accuracy_record
 
 SCHEMA = "robustjpeg.checkpoint/1"
@@ -368,7 +368,7 @@ def load_trained(path: Path | str, device: torch.device | str = "cpu") -> tuple[
     spec = ModelSpec.from_dict(ckpt["model_spec"])
     model = build_model(spec)
     try:
-        model.load_state_dict(strip_prefix(ckpt["state_dict"], "_orig_mod."), strict=True)
+        model.load_state_dict(strip_prefixes(ckpt["state_dict"], model.state_dict()), strict=True)
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not fit the {spec.arch} spec they came with ({exc})") from exc
     return model.to(device).eval(), spec, ckpt

@@ -45,7 +45,7 @@ def test_resnet20_loads_the_third_party_checkpoint_strictly_and_classifies_cifar
         resnet20_checkpoint, cifar_jpeg_test_set):
     state = torch.load(resnet20_checkpoint, map_location="cpu", weights_only=True)["state_dict"]
     backbone = models.create_model("resnet20")
-    backbone.load_state_dict(models.strip_prefix(state), strict=True)
+    backbone.load_state_dict(models.strip_prefixes(state, backbone.state_dict()), strict=True)
     pixels, labels, _ = cifar_jpeg_test_set
     idx = data.stratified_indices(labels, 500, seed=0)
     x = pixels[idx].float() / 255
@@ -103,3 +103,15 @@ def test_jpeg_spec_rebuilds_a_layer_with_the_same_config():
 def test_unknown_model_names_list_the_known_ones():
     with pytest.raises(UnknownName, match="resnet20"):
         models.create_model("resnet21")
+
+
+def test_wrapper_prefixes_are_stripped_only_when_every_key_has_them_and_the_model_does_not():
+    net = models.create_model("smallcnn", num_classes=10, in_channels=1)
+    own = net.state_dict()
+    for prefix in ("module.", "_orig_mod.", "module._orig_mod."):
+        wrapped = {prefix + k: v for k, v in own.items()}
+        assert models.strip_prefixes(wrapped, own).keys() == own.keys()
+    partly = {("module." + k if i == 0 else k): v for i, (k, v) in enumerate(own.items())}
+    assert models.strip_prefixes(partly, own) == partly, "a prefix on some keys only is not a wrapper"
+    inner = {"model." + k: v for k, v in own.items()}
+    assert models.strip_prefixes(inner, inner) == inner, "keys the architecture itself has are kept"

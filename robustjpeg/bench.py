@@ -155,6 +155,12 @@ def load_benchmark(path: Path | str | None = None) -> Benchmark:
     return bench
 
 
+def _match_source(entry: ModelEntry) -> str | None:
+    """NAME of jpeg_quality = "match:NAME" in a trained entry; None for an integer quality or a load entry."""
+    quality = (entry.train or {}).get("jpeg_quality")
+    return quality[len(MATCH):] if isinstance(quality, str) and quality.startswith(MATCH) else None
+
+
 def _seeds(value: Any, path: Path) -> list[int]:
     if not isinstance(value, list) or not value or not all(isinstance(v, int) and not isinstance(v, bool)
                                                             for v in value) or len(set(value)) != len(value):
@@ -180,9 +186,8 @@ def _per_seed(models: list[ModelEntry], seeds: list[int], path: Path) -> list[Mo
                 raise ConfigError(f"{path}: model {m.name!r} sets train.seed and benchmark.seeds is given; "
                                   "drop one of them")
             train = {**m.train, "seed": seed}
-            quality = train.get("jpeg_quality")
-            if isinstance(quality, str) and quality.startswith(MATCH):
-                train["jpeg_quality"] = MATCH + at(quality[len(MATCH):], seed)
+            if _match_source(m) is not None:
+                train["jpeg_quality"] = MATCH + at(_match_source(m), seed)
             out.append(dataclasses.replace(m, name=at(m.name, seed), train=train,
                                            transfer_from=at(m.transfer_from, seed)))
     return out
@@ -211,7 +216,7 @@ def _check_match(bench: Benchmark, entry: ModelEntry, earlier: list[ModelEntry])
     quality = (entry.train or {}).get("jpeg_quality")
     if not isinstance(quality, str):
         return
-    source = quality[len(MATCH):] if quality.startswith(MATCH) else None
+    source = _match_source(entry)
     candidates = [m.name for m in earlier if m.train is not None and m.train.get("variant") == "jpeg"]
     if source not in candidates:
         raise ConfigError(f"{bench.path}: model {entry.name!r}: jpeg_quality = {quality!r}; give an integer "
@@ -224,10 +229,9 @@ def resolve_match(entry: ModelEntry, checkpoints: dict[str, Path], log: "Log") -
     from robustjpeg.jpeg import matched_quality
     from robustjpeg.train import load_trained
 
-    quality = (entry.train or {}).get("jpeg_quality")
-    if not isinstance(quality, str):
+    source = _match_source(entry)
+    if source is None:
         return entry
-    source = quality[len(MATCH):]
     model, _, _ = load_trained(checkpoints[source])
     matched = matched_quality(model.jpeg.steps())
     log(f"{entry.name}: jpeg_quality {matched}, the standard quality closest to {source}'s learned tables")

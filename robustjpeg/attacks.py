@@ -3,36 +3,51 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from robustjpeg.budgets import parse_fraction
-from robustjpeg.errors import ConfigError, UnknownName
+from robustjpeg.errors import ConfigError, MissingDependency, UnknownName
 from robustjpeg.registry import Registry
 
 ATTACKS: Registry[type] = Registry("attack")
 SUITE_DIRS = (Path(__file__).resolve().parent / "suites", Path(__file__).resolve().parents[1] / "attacks")
 SHIPPED_SUITES = ("quick", "standard", "adaptive", "adaptive-quick", "paper")
 VIEWS = ("soft", "hard", "ste")
+SUITE_KEYS = ("name", "description", "norm", "eps", "standard_eps", "l2_eps", "standard_l2_eps", "attacks")
+LOSSES = ("ce", "dlr")
+NON_NEGATIVE = ("kappa",)  # float parameters that may be 0; every other float must be > 0
 SOURCES = ("model", "transfer")
+
+
+NORMS = ("Linf", "L2")
 
 
 @dataclass
 class Attack:
-    """An adapter: turns (model, x, y, eps) into adversarial examples; the sweep engine owns every loop."""
+    """An adapter: turns (model, x, y, eps) into adversarial examples; the sweep engine owns every loop.
 
-    norm = "Linf"  # the norm its budget is measured in
-    minimum_distortion = False  # True: runs once without a budget; the curve comes from each sample's distance
-    black_box = False  # True: queries outputs only (compared against white-box runs in the checks)
-    cheap = True  # cheap enough to probe at eps = 0 in the checks
+    Capabilities are class attributes, so checks and reports ask the adapter, not its kind string.
+    """
 
-    def perturb(self, model: nn.Module, x: Tensor, y: Tensor, eps: float, seed: int) -> Tensor:
+    NORMS: ClassVar[tuple[str, ...]] = ("Linf",)  # the norms its budget (or distance) can be measured in
+    minimum_norm: ClassVar[bool] = False  # True: runs once without a budget; curves come from each sample's distance
+    black_box: ClassVar[bool] = False  # True: queries outputs only (compared against white-box runs in the checks)
+    iterative: ClassVar[bool] = False  # a multi-step gradient attack (check 6 compares it with single-step ones)
+    single_step: ClassVar[bool] = False  # one gradient step (FGSM)
+    official_autoattack: ClassVar[bool] = False  # the official AutoAttack ensemble (the report's AutoAttack column)
+    noise_baseline: ClassVar[bool] = False  # random noise, the floor every attack must beat (check 12)
+    cheap: ClassVar[bool] = True  # cheap enough to probe at eps = 0 in the checks
+    norm: str = "Linf"
+
+    def perturb(self, model: nn.Module, x: Tensor, y: Tensor, eps: float | None, seed: int) -> Tensor:
         raise NotImplementedError
 
     def strength(self) -> int:
@@ -44,6 +59,8 @@ class Attack:
 @dataclass
 class FGSM(Attack):
     """Fast gradient sign method (torchattacks); its direction does not depend on eps, so the engine reuses it."""
+
+    single_step = True
 
     def direction(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         """Sign of torchattacks' FGSM gradient (cross-entropy, batch mean), computed exactly as it does."""
@@ -65,8 +82,10 @@ class FGSM(Attack):
 @ATTACKS.register("pgd")
 @dataclass
 class PGD(Attack):
-    """Linf PGD (torchattacks) with its step scaled to the budget: alpha = rel_stepsize * eps / steps."""
+    """PGD (torchattacks PGD for Linf, PGDL2 for L2) with its step scaled to the budget: rel_stepsize * eps / steps."""
 
+    NORMS = NORMS
+    iterative = True
     steps: int = 10
     rel_stepsize: float = 2.5
     random_start: bool = True
@@ -74,29 +93,11 @@ class PGD(Attack):
     def perturb(self, model, x, y, eps, seed):
         import torchattacks
 
+        if eps == 0:  # PGDL2 rescales by eps / |delta| = 0 / 0 and returns NaN at a zero budget
+            return x.clone()
+        cls = torchattacks.PGD if self.norm == "Linf" else torchattacks.PGDL2
         alpha = self.rel_stepsize * eps / self.steps
-        return torchattacks.PGD(model, eps=eps, alpha=alpha, steps=self.steps, random_start=self.random_start)(x, y)
-
-    def strength(self) -> int:
-        return self.steps
-
-
-@ATTACKS.register("cw")
-@dataclass
-class CW(Attack):
-    """Carlini-Wagner L2 (torchattacks): minimum distortion with fixed c, run once; curve from L2 distances."""
-
-    norm = "L2"
-    minimum_distortion = True
-    c: float = 1.0
-    kappa: float = 0.0
-    steps: int = 100
-    lr: float = 0.01
-
-    def perturb(self, model, x, y, eps, seed):
-        import torchattacks
-
-        return torchattacks.CW(model, c=self.c, kappa=self.kappa, steps=self.steps, lr=self.lr)(x, y)
+        return cls(model, eps=eps, alpha=alpha, steps=self.steps, random_start=self.random_start)(x, y)
 
     def strength(self) -> int:
         return self.steps
@@ -105,32 +106,48 @@ class CW(Attack):
 @ATTACKS.register("apgd")
 @dataclass
 class APGD(Attack):
-    """Auto-PGD from the official AutoAttack code (pyautoattack), Linf, cross-entropy or DLR loss."""
+    """Auto-PGD from the official AutoAttack code (pyautoattack): cross-entropy or DLR loss, or targeted DLR (APGD-T)."""
 
+    NORMS = NORMS
+    iterative = True
     steps: int = 100
     loss: str = "ce"
+    targeted: bool = False  # APGD-T: the targeted DLR loss against the 9 most likely other classes
 
     def perturb(self, model, x, y, eps, seed):
-        from pyautoattack.autopgd_base import APGDAttack
+        from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
 
-        attack = APGDAttack(model, n_iter=self.steps, norm="Linf", eps=eps, seed=seed, loss=self.loss, device=x.device)
+        if self.targeted:
+            attack = APGDAttack_targeted(model, n_iter=self.steps, norm=self.norm, eps=eps, seed=seed, device=x.device,
+                                         n_target_classes=min(9, _classes(model, x) - 1))
+        else:
+            attack = APGDAttack(model, n_iter=self.steps, norm=self.norm, eps=eps, seed=seed, loss=self.loss,
+                                device=x.device)
         return attack.perturb(x, y)
 
     def strength(self) -> int:
         return self.steps
 
 
+def _classes(model: nn.Module, x: Tensor) -> int:
+    with torch.no_grad():
+        return int(model(x[:1]).shape[1])
+
+
 @ATTACKS.register("autoattack")
 @dataclass
 class AutoAttack(Attack):
-    """The official AutoAttack, standard version (APGD-CE, APGD-T, FAB-T, Square; pyautoattack)."""
+    """The official AutoAttack, standard version (APGD-CE, APGD-T, FAB-T, Square; pyautoattack), Linf or L2."""
 
+    NORMS = NORMS
+    iterative = True
+    official_autoattack = True
     cheap = False
 
     def perturb(self, model, x, y, eps, seed):
         from pyautoattack import AutoAttack as Official
 
-        attack = Official(model, eps=eps, norm="Linf", version="standard", seed=seed, device=x.device)
+        attack = Official(model, eps=eps, norm=self.norm, version="standard", seed=seed, device=x.device)
         attack.verbose = False
         adv, _ = attack.run_standard_evaluation(x, y, batch_size=len(x))
         return adv
@@ -142,8 +159,9 @@ class AutoAttack(Attack):
 @ATTACKS.register("square")
 @dataclass
 class Square(Attack):
-    """Square attack (pyautoattack): score-based black box, margin loss, Linf."""
+    """Square attack (pyautoattack): score-based black box, margin loss, Linf or L2."""
 
+    NORMS = NORMS
     black_box = True
     cheap = False
     queries: int = 1000
@@ -152,7 +170,7 @@ class Square(Attack):
     def perturb(self, model, x, y, eps, seed):
         from pyautoattack.square import SquareAttack
 
-        attack = SquareAttack(model, norm="Linf", n_queries=self.queries, eps=eps, p_init=self.p_init, seed=seed,
+        attack = SquareAttack(model, norm=self.norm, n_queries=self.queries, eps=eps, p_init=self.p_init, seed=seed,
                               device=x.device)
         return attack.perturb(x, y)
 
@@ -166,11 +184,107 @@ class UniformNoise(Attack):
     """Uniform noise in the Linf ball: the baseline an attack must beat by far (check 12)."""
 
     black_box = True
+    noise_baseline = True
 
     def perturb(self, model, x, y, eps, seed):
         gen = torch.Generator(device=x.device).manual_seed(seed)
         noise = torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype) * 2 - 1
         return torch.clamp(x + eps * noise, 0, 1)
+
+
+def adv_lib_attacks():
+    """adv-lib's attacks module. adv-lib imports visdom at import time, only for live plots we never ask for; visdom
+    0.2.4 is an sdist whose build fails under setuptools >= 81, so adv-lib is installed with --no-deps and a
+    placeholder stands in for visdom when it is absent."""
+    import importlib.util
+    import sys
+    import types
+
+    if "visdom" not in sys.modules and importlib.util.find_spec("visdom") is None:
+        sys.modules["visdom"] = types.ModuleType("visdom", "placeholder: adv-lib's live plots are not used")
+    try:
+        import adv_lib.attacks
+    except ImportError as exc:
+        raise MissingDependency("minimum-norm attacks need adv-lib: python -m pip install --no-deps adv-lib==0.2.8"
+                                ) from exc
+    return adv_lib.attacks
+
+
+class MinimumNorm(Attack):
+    """A minimum-norm attack: the smallest perturbation it finds per sample; robust at eps iff that exceeds eps."""
+
+    minimum_norm = True
+    iterative = True
+
+
+@ATTACKS.register("fmn")
+@dataclass
+class FMN(MinimumNorm):
+    """Fast Minimum-Norm attack (adv-lib; Pintor et al. 2021), Linf or L2."""
+
+    NORMS = NORMS
+    steps: int = 100
+
+    def perturb(self, model, x, y, eps, seed):
+        norm = float("inf") if self.norm == "Linf" else 2.0
+        return adv_lib_attacks().fmn(model, x, y, norm=norm, steps=self.steps)
+
+    def strength(self) -> int:
+        return self.steps
+
+
+@ATTACKS.register("ddn")
+@dataclass
+class DDN(MinimumNorm):
+    """Decoupled Direction and Norm attack (adv-lib; Rony et al. 2019), L2, without quantising the result."""
+
+    NORMS = ("L2",)
+    norm: str = "L2"
+    steps: int = 100
+
+    def perturb(self, model, x, y, eps, seed):
+        return adv_lib_attacks().ddn(model, x, y, steps=self.steps, levels=None)
+
+    def strength(self) -> int:
+        return self.steps
+
+
+@ATTACKS.register("alma")
+@dataclass
+class ALMA(MinimumNorm):
+    """Augmented Lagrangian attack (adv-lib; Rony et al. 2021), L2."""
+
+    NORMS = ("L2",)
+    norm: str = "L2"
+    steps: int = 500
+
+    def perturb(self, model, x, y, eps, seed):
+        return adv_lib_attacks().alma(model, x, y, distance="l2", num_steps=self.steps)
+
+    def strength(self) -> int:
+        return self.steps
+
+
+@ATTACKS.register("cw")
+@dataclass
+class CW(MinimumNorm):
+    """Carlini-Wagner L2 (adv-lib) with a binary search over c: a labelled extra beside FMN and DDN."""
+
+    NORMS = ("L2",)
+    norm: str = "L2"
+    c: float = 1.0
+    kappa: float = 0.0
+    steps: int = 100
+    lr: float = 0.01
+    search_steps: int = 9  # binary-search rounds over c; 1 keeps c fixed (a weak attack, for tests of the checks)
+
+    def perturb(self, model, x, y, eps, seed):
+        return adv_lib_attacks().carlini_wagner_l2(model, x, y, confidence=self.kappa, learning_rate=self.lr,
+                                                   initial_const=self.c, binary_search_steps=self.search_steps,
+                                                   max_iterations=self.steps)
+
+    def strength(self) -> int:
+        return self.steps * self.search_steps
 
 
 @dataclass
@@ -188,12 +302,22 @@ class AttackSpec:
         return ATTACKS.create(self.kind, **self.params)
 
     @property
+    def adapter(self) -> type:
+        """The adapter class, whose class attributes say what the attack is (minimum_norm, iterative, ...)."""
+        return ATTACKS.get(self.kind)
+
+    @property
     def norm(self) -> str:
-        return ATTACKS.get(self.kind).norm
+        return self.build().norm
 
     @property
     def black_box(self) -> bool:
-        return self.source == "transfer" or ATTACKS.get(self.kind).black_box
+        return self.source == "transfer" or self.adapter.black_box
+
+    @property
+    def plain(self) -> bool:
+        """A white-box attack on the model itself through its own gradients (no JPEG view, no transfer)."""
+        return self.view is None and self.source == "model" and not self.black_box
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -201,23 +325,39 @@ class AttackSpec:
 
 @dataclass
 class Suite:
-    """A named attack suite: Linf budget grid, the standard budget, the L2 grid for CW curves, the attacks."""
+    """A named attack suite: the Linf and L2 budget grids, their standard budgets, and the attacks."""
 
     name: str
     norm: str
     eps: list[float]
     standard_eps: float
     attacks: list[AttackSpec]
-    l2_eps: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0])
+    l2_eps: list[float] = field(default_factory=list)
     description: str = ""
+    standard_l2_eps: float | None = None  # the L2 budget check 13 looks at (0.5 for CIFAR-size images)
 
     def __post_init__(self) -> None:
         self.eps, self.l2_eps = sorted(set(map(float, self.eps))), sorted(set(map(float, self.l2_eps)))
+
+    def grid(self, norm: str) -> list[float]:
+        """The budget grid of one norm."""
+        return self.eps if norm == "Linf" else self.l2_eps
+
+    def standard(self, norm: str) -> float | None:
+        """The standard budget of one norm (None when the suite names none)."""
+        return self.standard_eps if norm == "Linf" else self.standard_l2_eps
 
     def with_eps(self, eps: list[float] | None, standard_eps: float | None = None) -> "Suite":
         """The same suite over another Linf grid (the CLI's --eps) and, optionally, another standard budget."""
         return dataclasses.replace(self, eps=self.eps if eps is None else eps,
                                    standard_eps=self.standard_eps if standard_eps is None else standard_eps)
+
+    def with_l2(self, l2_eps: list[float] | None, standard_l2_eps: float | None = None) -> "Suite":
+        """The same suite over another L2 grid and standard L2 budget; a suite without L2 attacks stays as it is."""
+        if not self.l2_eps:
+            return self
+        return dataclasses.replace(self, l2_eps=self.l2_eps if l2_eps is None else sorted(set(l2_eps)),
+                                   standard_l2_eps=self.standard_l2_eps if standard_l2_eps is None else standard_l2_eps)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -271,13 +411,26 @@ class _SuiteReader:
     def fail(self, key: str, message: str, table: int | None = None) -> ConfigError:
         return ConfigError(f"{self.where(key, table)} ({key}): {message}")
 
-    def budget(self, value: Any, key: str) -> float:
+    def budget(self, value: Any, key: str, upper: float = 1.0) -> float:
         try:
             eps = parse_fraction(value)
-        except ConfigError as exc:
-            raise self.fail(key, str(exc)) from exc
-        if not 0.0 <= eps <= 1.0:
-            raise self.fail(key, f"budget {value!r} lies outside [0, 1] (image range); write 8/255, not 8")
+        except (ConfigError, TypeError) as exc:
+            raise self.fail(key, f"budget {value!r} is not a number or fraction such as 8/255") from exc
+        if not math.isfinite(eps) or not 0.0 <= eps <= upper:
+            hint = "write 8/255, not 8" if upper == 1.0 else "L2 budgets are distances >= 0"
+            raise self.fail(key, f"budget {value!r} lies outside [0, {upper:g}]; {hint}")
+        return eps
+
+    def grid(self, data: dict, key: str, upper: float) -> list[float]:
+        values = data.get(key, [])
+        if not isinstance(values, list):
+            raise self.fail(key, f"{key} must be a list of budgets, got {values!r}")
+        return sorted({self.budget(v, key, upper) for v in values})
+
+    def standard(self, data: dict, key: str, grid: list[float], grid_key: str, upper: float) -> float:
+        eps = self.budget(self.required(data, key), key, upper)
+        if eps not in grid:
+            raise self.fail(key, f"{key} {data[key]!r} is not in the {grid_key} grid; add it there or pick one of it")
         return eps
 
     def required(self, data: dict, key: str, table: int | None = None) -> Any:
@@ -286,15 +439,15 @@ class _SuiteReader:
         return data[key]
 
     def suite(self, data: dict) -> Suite:
-        eps = [self.budget(v, "eps") for v in self.required(data, "eps")]
+        unknown = [k for k in data if k not in SUITE_KEYS]
+        if unknown:
+            raise self.fail(unknown[0], f"unknown field {unknown[0]!r}; a suite takes {', '.join(SUITE_KEYS)}")
+        eps = self.grid(data, "eps", 1.0)
         if not eps:
             raise self.fail("eps", "needs at least one budget")
-        l2 = [float(v) for v in data.get("l2_eps", Suite.__dataclass_fields__["l2_eps"].default_factory())]
-        if any(v < 0 for v in l2):
-            raise self.fail("l2_eps", "L2 budgets must be >= 0")
         norm = data.get("norm", "Linf")
-        if norm != "Linf":
-            raise self.fail("norm", f"only Linf suites are supported, got {norm!r}")
+        if norm not in NORMS:
+            raise self.fail("norm", f"unknown norm {norm!r}; known: {', '.join(NORMS)}")
         raw = self.required(data, "attacks")
         if not raw:
             raise self.fail("attacks", "a suite needs at least one [[attacks]] entry")
@@ -302,9 +455,23 @@ class _SuiteReader:
         names = [a.name for a in attacks]
         if len(set(names)) != len(names):
             raise self.fail("name", f"attack names must be unique, got {names}")
-        return Suite(name=str(self.required(data, "name")), norm=norm, eps=sorted(set(eps)),
-                     standard_eps=self.budget(self.required(data, "standard_eps"), "standard_eps"),
-                     attacks=attacks, l2_eps=sorted(set(l2)), description=str(data.get("description", "")))
+        l2, l2_standard = self.l2(data, attacks)
+        return Suite(name=str(self.required(data, "name")), norm=norm, eps=eps,
+                     standard_eps=self.standard(data, "standard_eps", eps, "eps", 1.0), attacks=attacks, l2_eps=l2,
+                     description=str(data.get("description", "")), standard_l2_eps=l2_standard)
+
+    def l2(self, data: dict, attacks: list[AttackSpec]) -> tuple[list[float], float | None]:
+        """The L2 grid and standard budget: required with an L2 attack, refused without one."""
+        grid = self.grid(data, "l2_eps", math.inf)
+        l2_attacks = [a.name for a in attacks if a.norm == "L2"]
+        if not l2_attacks:
+            for key in ("l2_eps", "standard_l2_eps"):
+                if key in data:
+                    raise self.fail(key, f"{key} is set but no attack has norm = \"L2\"; remove it or add an L2 attack")
+            return [], None
+        if not any(e > 0 for e in grid):
+            raise self.fail("l2_eps", f"attacks {', '.join(l2_attacks)} measure L2, so l2_eps needs a budget > 0")
+        return grid, self.standard(data, "standard_l2_eps", grid, "l2_eps", math.inf)
 
     def attack(self, entry: dict, i: int) -> AttackSpec:
         entry = dict(entry)
@@ -313,7 +480,10 @@ class _SuiteReader:
             raise self.fail("name", f"attack name {name!r} must be lower-case letters, digits, - or _", i)
         if kind not in ATTACKS:
             raise self.fail("kind", f"unknown attack {kind!r}; known: {', '.join(ATTACKS.names())}", i)
-        spec = AttackSpec(name=name, kind=kind, restarts=int(entry.pop("restarts", 1)), view=entry.pop("view", None),
+        restarts = entry.pop("restarts", 1)
+        if not isinstance(restarts, int) or isinstance(restarts, bool) or restarts < 1:
+            raise self.fail("restarts", f"restarts must be a whole number >= 1, got {restarts!r}", i)
+        spec = AttackSpec(name=name, kind=kind, restarts=restarts, view=entry.pop("view", None),
                           source=entry.pop("source", "model"))
         for key in ("name", "kind"):
             entry.pop(key)
@@ -321,9 +491,9 @@ class _SuiteReader:
             raise self.fail("view", f"view must be one of {', '.join(VIEWS)}, got {spec.view!r}", i)
         if spec.source not in SOURCES:
             raise self.fail("source", f"source must be one of {', '.join(SOURCES)}, got {spec.source!r}", i)
-        if spec.restarts < 1 or (spec.restarts > 1 and ATTACKS.get(kind).minimum_distortion):
-            raise self.fail("restarts", f"restarts must be >= 1 (and 1 for {kind}, which runs once per sample)", i)
-        spec.params = self.params(ATTACKS.get(kind), entry, i)
+        if spec.restarts > 1 and spec.adapter.minimum_norm:
+            raise self.fail("restarts", f"restarts must be 1 for {kind}, a minimum-norm attack that runs once", i)
+        spec.params = self.params(spec.adapter, entry, i)
         return spec
 
     def params(self, cls: type, entry: dict, i: int) -> dict:
@@ -335,4 +505,24 @@ class _SuiteReader:
             if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
                 if not (expected is float and isinstance(value, int) and not isinstance(value, bool)):
                     raise self.fail(key, f"{key} must be {expected.__name__}, got {value!r}", i)
+            problem = _param_problem(cls, key, value)
+            if problem:
+                raise self.fail(key, problem, i)
         return {k: (float(v) if type(known[k].default) is float else v) for k, v in entry.items()}
+
+
+def _param_problem(cls: type, key: str, value: Any) -> str | None:
+    """What is wrong with one adapter parameter's value, or None: counts >= 1, rates > 0, known norms and losses."""
+    if key == "norm" and value not in cls.NORMS:
+        if value not in NORMS:
+            return f"unknown norm {value!r}; known: {', '.join(NORMS)}"
+        return f"{cls.__name__} measures {' or '.join(cls.NORMS)} only, not {value}; pick another attack for {value}"
+    if key == "loss" and value not in LOSSES:
+        return f"loss must be one of {', '.join(LOSSES)}, got {value!r}"
+    if isinstance(value, bool) or isinstance(value, str):
+        return None
+    if isinstance(value, int) and value < 1:
+        return f"{key} must be >= 1, got {value}"
+    if isinstance(value, float) and not (value >= 0 if key in NON_NEGATIVE else value > 0):
+        return f"{key} must be {'>= 0' if key in NON_NEGATIVE else '> 0'}, got {value}"
+    return None

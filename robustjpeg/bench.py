@@ -18,6 +18,8 @@ checkpoint folder is keyed by a hash of them), and sweeps resume cell by cell.
 
 from __future__ import annotations
 
+import math
+
 import dataclasses
 import sys
 import time
@@ -35,7 +37,7 @@ DEFAULT_FILE = Path(__file__).resolve().parent / "suites" / "bench-quick.toml"
 MATCH = "match:"  # jpeg_quality = "match:NAME": a fixed-JPEG control matched to NAME's learned tables
 SECTION_KEYS = {
     "benchmark": {"name", "seed", "num_examples", "suites", "out", "history", "fail_on_drop", "batch_size",
-                  "description", "eps", "standard_eps", "suite_examples", "seeds"},
+                  "description", "eps", "standard_eps", "l2_eps", "standard_l2_eps", "suite_examples", "seeds"},
     "data": {"dataset", "root", "download"},
     "models": {"name", "train", "load", "suites", "transfer_from"},
 }
@@ -71,6 +73,8 @@ class Benchmark:
     batch_size: int = 256
     eps: list[float] | None = None
     standard_eps: float | None = None
+    l2_eps: list[float] | None = None  # L2 grid and standard budget for the suites that have L2 attacks
+    standard_l2_eps: float | None = None
     suite_examples: dict[str, int] = field(default_factory=dict)
 
     def examples(self, suite: str) -> int | None:
@@ -95,12 +99,12 @@ def _path(value: str | None) -> Path | None:
     return None if value is None else Path(value).expanduser()
 
 
-def _budgets(head: dict, key: str, path: Path):
+def _budgets(head: dict, key: str, path: Path, upper: float = 1.0):
     """benchmark.eps (a list) or benchmark.standard_eps (one budget), fractions allowed; None when absent."""
     if key not in head:
         return None
     try:
-        values = parse_eps_list(head[key] if isinstance(head[key], list) else [head[key]])
+        values = parse_eps_list(head[key] if isinstance(head[key], list) else [head[key]], upper=upper)
     except ConfigError as exc:
         raise ConfigError(f"{path}: benchmark.{key}: {exc}") from exc
     return values if isinstance(head[key], list) else values[0]
@@ -150,6 +154,8 @@ def load_benchmark(path: Path | str | None = None) -> Benchmark:
         fail_on_drop=_typed(head.get("fail_on_drop"), (int, float), "benchmark.fail_on_drop", path),
         batch_size=_typed(head.get("batch_size", 256), int, "benchmark.batch_size", path),
         eps=_budgets(head, "eps", path), standard_eps=_budgets(head, "standard_eps", path),
+        l2_eps=_budgets(head, "l2_eps", path, upper=math.inf),
+        standard_l2_eps=_budgets(head, "standard_l2_eps", path, upper=math.inf),
         suite_examples=_typed(head.get("suite_examples", {}), dict, "benchmark.suite_examples", path))
     _check_models(bench)
     return bench
@@ -341,7 +347,8 @@ def _sweep_all(bench: Benchmark, models: dict, infos: dict, out: Path, device, s
         if n not in subsets:  # one seed: nested subsets while class quotas grow with n (balanced test sets)
             subsets[n] = eval_tensors(ds, n, bench.seed)
         x, y, idx = subsets[n]
-        suite = load_suite(suite_name).with_eps(eps or bench.eps, bench.standard_eps)
+        suite = load_suite(suite_name).with_eps(eps or bench.eps, bench.standard_eps).with_l2(bench.l2_eps,
+                                                                                              bench.standard_l2_eps)
         key = sweep_fingerprint(suite, x, y, bench.seed, infos[entry.name], None)
         run_dir = out / "runs" / entry.name / key[:8] / suite.name
         log(f"{entry.name}: sweeping suite {suite.name!r} on {len(y)} images -> {run_dir}")

@@ -1,4 +1,5 @@
-"""The sanity checks of an evaluation (DESIGN 4, numbered 1-16): each PASS / WARN / FAIL / SKIP with its figure."""
+"""The sanity checks of an evaluation (DESIGN 4 and the attack-strength checks 17-18): each PASS / WARN / FAIL / SKIP
+with its figure. Every check declares its id; 2, 15 and 16 are invariants the code enforces, recorded apart."""
 
 from __future__ import annotations
 
@@ -9,12 +10,31 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from robustjpeg.attacks import AttackSpec, Suite
+from robustjpeg import optimality as opt
+from robustjpeg.attacks import NORMS, AttackSpec, Suite
 from robustjpeg.jpeg import jpeg_layers
 
 PROBE = 64  # samples a probe re-attacks (checks 1, 4, 5)
 TOL = 0.02  # accuracy slack between two attacks before a check fails
+OPTIMAL = 0.9  # a minimum-norm attack whose curve area is below this share of the best-of-all gets a WARN (check 17)
+AGREE = (0.01, 0.03)  # share of samples on which fixed-budget and minimum-norm attacks may disagree: WARN, FAIL (18)
 Outcome = tuple[str, float | None, str]  # status, measured value, one-line detail
+CHECKS: dict[int, Callable] = {}
+INVARIANTS: dict[int, Callable] = {}
+
+
+def check(number: int, table: dict | None = None):
+    """Register a check under its DESIGN number (the id every output carries)."""
+    def wrap(fn: Callable) -> Callable:
+        fn.id = number
+        (CHECKS if table is None else table)[number] = fn
+        return fn
+    return wrap
+
+
+def invariant(number: int):
+    """Register a property the code guarantees by construction; recorded as held or broken, not graded."""
+    return check(number, INVARIANTS)
 
 
 def _grade(value: float, warn: float, fail: float) -> str:
@@ -24,9 +44,10 @@ def _grade(value: float, warn: float, fail: float) -> str:
 class Context:
     """What the checks read: the engine (to probe the model), the suite, per-sample cells and the results records."""
 
-    def __init__(self, engine, suite: Suite, cells: dict, where: dict, results: dict, info: dict) -> None:
+    def __init__(self, engine, suite: Suite, cells: dict, where: dict, results: dict, info: dict,
+                 distances: dict[str, np.ndarray] | None = None) -> None:
         self.engine, self.suite, self.cells, self.where = engine, suite, cells, where
-        self.results, self.info = results, info
+        self.results, self.info, self.distances = results, info, distances or {}
         self.n = len(engine.y)
         self.classes = int(engine.logits.shape[1])
         self.clean_acc = float(engine.clean.float().mean())
@@ -47,6 +68,18 @@ class Context:
         """Per budget, the lowest accuracy among the cells."""
         return {eps: min(self.acc(k) for k in ks) for eps, ks in self.by_eps(keys).items()}
 
+    def curves(self, norm: str, keep: Callable[[AttackSpec], bool]) -> dict[str, list[tuple[float, np.ndarray]]]:
+        """Per attack of one norm, its nested outcomes over the grid [(eps, robust)]."""
+        out: dict[str, list] = {}
+        for k, (spec, n, eps) in self.where.items():
+            if n == norm and keep(spec):
+                out.setdefault(spec.name, []).append((eps, self.cells[k]))
+        return out
+
+    def norm_distances(self, norm: str) -> dict[str, np.ndarray]:
+        """Per minimum-norm attack of one norm, each sample's distance (inf where it failed)."""
+        return {key.rsplit("|", 1)[0]: d for key, d in self.distances.items() if key.rsplit("|", 1)[1] == norm}
+
     def cell_of(self, spec: AttackSpec, eps: float) -> str | None:
         found = [k for k, (s, n, e) in self.where.items() if s.name == spec.name and n == "Linf" and e == eps]
         return found[0] if found else None
@@ -63,38 +96,46 @@ class Context:
 
 
 def _plain(spec: AttackSpec) -> bool:
-    return spec.view is None and spec.source == "model" and not spec.black_box
+    return spec.plain
 
 
 def _iterative(spec: AttackSpec) -> bool:
-    return _plain(spec) and spec.kind in ("pgd", "apgd", "autoattack")
+    return spec.plain and spec.adapter.iterative
+
+
+def _fixed_budget(spec: AttackSpec) -> bool:
+    return not spec.adapter.minimum_norm
 
 
 def _first_pgd(ctx: Context, views: tuple = (None,)) -> AttackSpec:
-    """The suite's first PGD run, preferring the later entries of `views` (e.g. the BPDA view when there is one)."""
-    found = [s for s in ctx.suite.attacks if s.kind == "pgd" and s.source == "model" and s.view in views]
+    """The suite's first Linf PGD run, preferring the later entries of `views` (e.g. the BPDA view when there is one)."""
+    found = [s for s in ctx.suite.attacks
+             if s.kind == "pgd" and s.norm == "Linf" and s.source == "model" and s.view in views]
     found.sort(key=lambda s: -views.index(s.view))
     return found[0] if found else AttackSpec(name="pgd", kind="pgd", params={"steps": 20})
 
 
 def _lead(ctx: Context, weak: Callable[[AttackSpec], bool], strong: Callable[[AttackSpec], bool]) -> float | None:
-    """Largest accuracy margin by which the `strong` runs beat the `weak` ones at a shared budget (None: none shared)."""
-    a, b = ctx.min_acc(ctx.keys(weak)), ctx.min_acc(ctx.keys(strong))
-    common = set(a) & set(b)
-    return max(a[e] - b[e] for e in common) if common else None
+    """Largest accuracy margin by which the `strong` runs beat the `weak` ones at a shared budget of either norm
+    (None: no budget shared)."""
+    leads = []
+    for norm in NORMS:
+        a, b = ctx.min_acc(ctx.keys(weak, norm)), ctx.min_acc(ctx.keys(strong, norm))
+        leads += [a[e] - b[e] for e in set(a) & set(b)]
+    return max(leads) if leads else None
 
 
-def _standard_eps(ctx: Context) -> float | None:
-    """The suite's standard budget when a white-box run covers it."""
-    eps = ctx.suite.standard_eps
-    return eps if eps in ctx.min_acc(ctx.keys(lambda s: not s.black_box)) else None
+def _standard_eps(ctx: Context, norm: str = "Linf") -> float | None:
+    """The suite's standard budget of one norm when a white-box run covers it."""
+    eps = ctx.suite.standard(norm)
+    return eps if eps is not None and eps in ctx.min_acc(ctx.keys(lambda s: not s.black_box, norm)) else None
 
 
+@check(1)
 def eps0_equals_clean(ctx: Context) -> Outcome:
     zero = [k for k, (_, _, eps) in ctx.where.items() if eps == 0]
     gaps = [abs(int(ctx.cells[k].sum()) - int(ctx.engine.clean.sum())) / ctx.n for k in zero]
-    cheap = [s for s in ctx.suite.attacks
-             if s.source == "model" and s.build().cheap and not s.build().minimum_distortion]
+    cheap = [s for s in ctx.suite.attacks if s.source == "model" and s.adapter.cheap and not s.adapter.minimum_norm]
     if not zero and not cheap:
         return "SKIP", None, "no budget 0 in the grid and no cheap attack to probe at 0"
     idx, changed = ctx.probe_idx(), 0
@@ -106,12 +147,14 @@ def eps0_equals_clean(ctx: Context) -> Outcome:
     return ("PASS" if value == 0 else "FAIL"), value, detail
 
 
+@invariant(2)
 def inputs_in_unit_range(ctx: Context) -> Outcome:
     lo, hi = float(ctx.engine.x.min()), float(ctx.engine.x.max())
     value = max(0.0, -lo) + max(0.0, hi - 1)
     return ("PASS" if value == 0 else "FAIL"), value, f"inputs span [{lo:.4g}, {hi:.4g}]; normalisation lives in the model"
 
 
+@check(3)
 def adversarial_in_budget(ctx: Context) -> Outcome:
     stats = [m["stats"] for m in ctx.engine.meta.values() if m.get("stats")]
     if not stats:
@@ -124,6 +167,7 @@ def adversarial_in_budget(ctx: Context) -> Outcome:
     return ("FAIL" if bad else "PASS"), excess, detail
 
 
+@check(4)
 def robust_monotone_in_eps(ctx: Context) -> Outcome:
     """Stored curves never rise; and samples broken at small budgets stay broken when attacked afresh at the largest."""
     curves: dict[tuple, list[float]] = {}
@@ -147,6 +191,7 @@ def robust_monotone_in_eps(ctx: Context) -> Outcome:
     return _grade(share, 0.0, 0.1), share, detail
 
 
+@check(5)
 def eps1_to_chance(ctx: Context) -> Outcome:
     """The suite's strongest gradient view (BPDA when the suite has it) must reach chance with an unbounded budget."""
     spec, idx = _first_pgd(ctx, (None, "ste")), ctx.probe_idx()
@@ -156,8 +201,9 @@ def eps1_to_chance(ctx: Context) -> Outcome:
     return status, acc, f"{spec.name} at eps 1 on {len(idx)} samples leaves {acc:.3f} (chance {chance:.3f})"
 
 
+@check(6)
 def iterative_beats_single_step(ctx: Context) -> Outcome:
-    gap = _lead(ctx, _iterative, lambda s: s.kind == "fgsm" and _plain(s))
+    gap = _lead(ctx, _iterative, lambda s: s.adapter.single_step and _plain(s))
     if gap is None:
         return "SKIP", None, "needs FGSM and an iterative white-box attack at the same budgets"
     return _grade(gap, 0.0, TOL), gap, f"largest excess of iterative over FGSM accuracy: {gap:+.4f}"
@@ -171,8 +217,9 @@ def _stronger(a: AttackSpec, b: AttackSpec) -> bool:
     return sa != sb and sb[0] >= sa[0] and sb[1] >= sa[1]
 
 
+@check(7)
 def more_steps_never_help(ctx: Context) -> Outcome:
-    rises = [ctx.acc(b) - ctx.acc(a) for keys in ctx.by_eps(ctx.keys(lambda s: True)).values()
+    rises = [ctx.acc(b) - ctx.acc(a) for norm in NORMS for keys in ctx.by_eps(ctx.keys(lambda s: True, norm)).values()
              for a in keys for b in keys if _stronger(ctx.where[a][0], ctx.where[b][0])]
     if not rises:
         return "SKIP", None, "no two runs of one attack that differ only in steps or restarts"
@@ -180,8 +227,9 @@ def more_steps_never_help(ctx: Context) -> Outcome:
     return _grade(rise, 0.0, TOL), rise, f"{len(rises)} weaker/stronger pairs; largest accuracy rise {rise:+.4f}"
 
 
+@check(8)
 def blackbox_weaker_than_whitebox(ctx: Context) -> Outcome:
-    lead = _lead(ctx, lambda s: not s.black_box, lambda s: s.black_box and s.kind != "noise")
+    lead = _lead(ctx, lambda s: not s.black_box, lambda s: s.black_box and not s.adapter.noise_baseline)
     if lead is None:
         return "SKIP", None, "no black-box (Square) or transfer run beside a white-box one"
     detail = f"largest lead of black-box/transfer over the best white-box attack: {lead:+.4f} (a lead means masking)"
@@ -198,6 +246,7 @@ def _gradient_flags(engine, chunk: Tensor) -> Tensor:
     return torch.stack([(grad == 0).all(1), (~torch.isfinite(grad)).any(1)], 1)
 
 
+@check(9)
 def gradient_health(ctx: Context) -> Outcome:
     idx = torch.arange(min(ctx.n, 256), device=ctx.engine.device)
     zero, bad = ctx.engine.map(idx, lambda chunk: _gradient_flags(ctx.engine, chunk)).float().mean(0).tolist()
@@ -205,6 +254,7 @@ def gradient_health(ctx: Context) -> Outcome:
     return status, zero + bad, f"margin-loss input gradient on {len(idx)} samples: {zero:.1%} all zero, {bad:.1%} NaN/inf"
 
 
+@check(10)
 def deterministic(ctx: Context) -> Outcome:
     idx = torch.arange(min(ctx.n, 256), device=ctx.engine.device)
     a, b = (ctx.engine.map(idx, lambda chunk: ctx.engine.predict_logits(ctx.engine.x[chunk])) for _ in range(2))
@@ -213,6 +263,7 @@ def deterministic(ctx: Context) -> Outcome:
     return status, diff, f"largest logit change between two identical passes {diff:.3g}, {flips} labels changed"
 
 
+@check(11)
 def bpda_not_stronger(ctx: Context) -> Outcome:
     if not jpeg_layers(ctx.engine.model):
         return "SKIP", None, "the model has no JPEG layer"
@@ -223,6 +274,7 @@ def bpda_not_stronger(ctx: Context) -> Outcome:
     return _grade(lead, 0.01, 0.05), lead, detail
 
 
+@check(12)
 def noise_weaker_than_attack(ctx: Context) -> Outcome:
     eps = _standard_eps(ctx)
     if eps is None:
@@ -235,17 +287,22 @@ def noise_weaker_than_attack(ctx: Context) -> Outcome:
     return _grade(ratio, 0.5, 0.9), ratio, f"at eps {eps:.4g} uniform noise does {ratio:.3f} of the attacks' damage"
 
 
+@check(13)
 def undefended_to_zero(ctx: Context) -> Outcome:
+    """At each norm's standard budget an undefended model keeps about nothing; the worse norm is the figure."""
     if jpeg_layers(ctx.engine.model) or ctx.info.get("defended"):
         return "SKIP", None, "the model is a defended one (JPEG layer, or marked defended)"
-    eps = _standard_eps(ctx)
-    if eps is None:
+    kept = {norm: ctx.min_acc(ctx.keys(lambda s: not s.black_box, norm))[eps]
+            for norm in NORMS if (eps := _standard_eps(ctx, norm)) is not None}
+    if not kept:
         return "SKIP", None, f"no white-box run at the standard budget {ctx.suite.standard_eps:.4g}; add it to --eps"
-    acc = ctx.min_acc(ctx.keys(lambda s: not s.black_box))[eps]
-    detail = f"keeps {acc:.4f} at the standard budget {eps:.4g} (expected about 0; mark adversarially trained models defended)"
+    acc = max(kept.values())
+    parts = [f"{acc_n:.4f} at {norm} {ctx.suite.standard(norm):.4g}" for norm, acc_n in kept.items()]
+    detail = f"keeps {', '.join(parts)} (expected about 0; mark adversarially trained models defended)"
     return _grade(acc, 0.05, 1.0), acc, detail
 
 
+@check(14)
 def logits_not_probabilities(ctx: Context) -> Outcome:
     logits = ctx.engine.logits
     gap = float((logits.sum(1) - 1).abs().max())
@@ -256,6 +313,7 @@ def logits_not_probabilities(ctx: Context) -> Outcome:
     return "PASS", gap, f"outputs are logits ({ctx.classes} classes, largest |row sum - 1| {gap:.3g})"
 
 
+@invariant(15)
 def worst_is_per_sample(ctx: Context) -> Outcome:
     wrong = 0
     for norm in ("Linf", "L2"):
@@ -272,6 +330,7 @@ def _has_interval(record: dict) -> bool:
     return bool(record.get("n")) and len(ci) == 2 and ci[0] - 1e-6 <= record["accuracy"] <= ci[1] + 1e-6
 
 
+@invariant(16)
 def accuracy_has_ci(ctx: Context) -> Outcome:
     records = [ctx.results["clean"], *ctx.results["cells"], *ctx.results["worst_case"]]
     missing = sum(not _has_interval(r) for r in records)
@@ -280,18 +339,82 @@ def accuracy_has_ci(ctx: Context) -> Outcome:
     return ("PASS" if missing == 0 else "FAIL"), width, detail
 
 
-CHECKS = [eps0_equals_clean, inputs_in_unit_range, adversarial_in_budget, robust_monotone_in_eps, eps1_to_chance,
-          iterative_beats_single_step, more_steps_never_help, blackbox_weaker_than_whitebox, gradient_health,
-          deterministic, bpda_not_stronger, noise_weaker_than_attack, undefended_to_zero, logits_not_probabilities,
-          worst_is_per_sample, accuracy_has_ci]
+def _optimality(ctx: Context, norm: str) -> list[dict]:
+    """Each minimum-norm attack of one norm against the best of every attack of that norm (per-sample reference)."""
+    distances = ctx.norm_distances(norm)
+    if not distances:
+        return []
+    bounds = [opt.first_break(curve) for curve in ctx.curves(norm, _fixed_budget).values()]
+    best, upper = opt.best_distance(distances, bounds), max(ctx.suite.grid(norm))
+    clean = ctx.engine.clean.cpu().numpy()
+    return [{"attack": name, "norm": norm, "optimality": round(opt.optimality(d, best, upper), 4),
+             "found": float(np.isfinite(d[clean]).mean()) if clean.any() else 0.0,
+             "median_distance": float(np.median(d[clean])) if clean.any() else None, "upper": upper}
+            for name, d in distances.items()]
 
 
-def run_checks(engine, suite: Suite, cells: dict, where: dict, results: dict, info: dict) -> list[dict]:
-    """All sixteen checks in DESIGN order, as {id, name, status, value, detail}; probes count as passes."""
-    ctx = Context(engine, suite, cells, where, results, info)
-    out = []
-    for number, check in enumerate(CHECKS, start=1):
-        status, value, detail = check(ctx)
-        value = None if value is None or not math.isfinite(value) else value
-        out.append({"id": number, "name": check.__name__, "status": status, "value": value, "detail": detail})
-    return out
+def optimality_records(ctx: Context) -> list[dict]:
+    return [r for norm in NORMS for r in _optimality(ctx, norm)]
+
+
+@check(17)
+def minimum_norm_optimality(ctx: Context) -> Outcome:
+    """No minimum-norm attack is far from the best-of-all curve (AttackBench's optimality, area ratio)."""
+    records = optimality_records(ctx)
+    if not records:
+        return "SKIP", None, "no minimum-norm attack in the suite"
+    worst = min(records, key=lambda r: r["optimality"])
+    weak = [f"{r['attack']} ({r['norm']}) {r['optimality']:.3f}" for r in records if r["optimality"] < OPTIMAL]
+    text = ", ".join(f"{r['attack']} {r['norm']} {r['optimality']:.3f}" for r in records)
+    detail = f"optimality against the best of all attacks: {text}" + (f"; far from the best: {', '.join(weak)}"
+                                                                       if weak else "")
+    return ("WARN" if weak else "PASS"), worst["optimality"], detail
+
+
+def _disagreements(ctx: Context, norm: str) -> tuple[int, int, float] | None:
+    """Over the grid of one norm, the largest counts of (fixed-budget breaks every minimum-norm attack missed, the
+    reverse) and the budget where they peak; None without both families."""
+    distances = list(ctx.norm_distances(norm).values())
+    curves = ctx.curves(norm, _fixed_budget)
+    if not distances or not curves:
+        return None
+    per_eps = {eps: opt.disagreement(~np.logical_and.reduce([r for c in curves.values() for e, r in c if e == eps]),
+                                     distances, eps) for eps in ctx.suite.grid(norm)}
+    peak = max(per_eps, key=lambda e: max(per_eps[e]))
+    return max(a for a, _ in per_eps.values()), max(b for _, b in per_eps.values()), peak
+
+
+@check(18)
+def fixed_budget_agrees_with_minimum_norm(ctx: Context) -> Outcome:
+    """Samples that one family of attacks breaks at a budget while the other calls them robust there: a share above
+    AGREE[1] means that family is too weak on this model and data."""
+    found = {norm: d for norm in NORMS if (d := _disagreements(ctx, norm)) is not None}
+    if not found:
+        return "SKIP", None, "needs a minimum-norm and a fixed-budget attack of the same norm"
+    share = max(max(a, b) for a, b, _ in found.values()) / ctx.n
+    parts = [f"{norm}: {a} broken only by fixed-budget attacks (minimum-norm too weak), {b} only by minimum-norm "
+             f"attacks (fixed-budget too weak), most at eps {e:.4g}" for norm, (a, b, e) in found.items()]
+    detail = f"largest share {share:.3f} of {ctx.n} samples; " + "; ".join(parts)
+    return _grade(share, *AGREE), share, detail
+
+
+def run_checks(engine, suite: Suite, cells: dict, where: dict, results: dict, info: dict,
+               distances: dict[str, np.ndarray] | None = None) -> dict:
+    """Every check by id ({id, name, status, value, detail}), the invariants (held or not) and each minimum-norm
+    attack's optimality; probes count as passes."""
+    ctx = Context(engine, suite, cells, where, results, info, distances)
+    checks = [_record(number, fn, ctx) for number, fn in sorted(CHECKS.items())]
+    invariants = [_held(_record(number, fn, ctx)) for number, fn in sorted(INVARIANTS.items())]
+    return {"checks": checks, "invariants": invariants, "optimality": optimality_records(ctx)}
+
+
+def _held(record: dict) -> dict:
+    """An invariant's record: held (True/False) instead of a grade."""
+    status = record.pop("status")
+    return {**record, "held": status == "PASS"}
+
+
+def _record(number: int, fn: Callable, ctx: Context) -> dict:
+    status, value, detail = fn(ctx)
+    value = None if value is None or not math.isfinite(value) else value
+    return {"id": number, "name": fn.__name__, "status": status, "value": value, "detail": detail}

@@ -72,7 +72,7 @@ def compare_runs(run_a: Path, run_b: Path) -> dict:
         raise RunFolderError(f"{a.path} and {b.path} share no attack budget; run both with the same suite and --eps")
     side = {"a": a, "b": b}
     return {"schema": "robustjpeg.compare/1", "dataset": a.dataset, "n": a.n, "alpha": ALPHA,
-            **{k: {"path": str(r.path), "model": r.model, "suite": r.suite, "unreliable": r.unreliable}
+            **{k: {"path": str(r.path), "model": r.model, "suite": r.suite, **r.verdict.to_dict()}
                for k, r in side.items()},
             "rows": rows, "verdict": verdict(rows)}
 
@@ -118,9 +118,10 @@ def render(result: dict) -> str:
         rows = [_render_row(r) for r in result["rows"] if r["scope"] in scopes]
         if rows:
             parts.append(f"## {title}\n\n" + fmt.table(header, rows))
-    flags = [f"{s['model']} ({k.upper()})" for k, s in (("a", a), ("b", b)) if s["unreliable"]]
+    flags = [f"{s['model']} ({k.upper()}): {s['verdict']}, {s['verdict_reason']}" for k, s in (("a", a), ("b", b))
+             if s["unreliable"]]
     if flags:
-        parts.append(f"> **Unreliable:** {', '.join(flags)} failed a sanity check; read its numbers with care.")
+        parts.append(f"> **Not reliable:** {'; '.join(flags)}. Read these numbers with care.")
     return "\n\n".join(parts) + "\n"
 
 

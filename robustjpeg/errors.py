@@ -30,3 +30,7 @@ class CheckpointError(RobustJpegError):
 
 class RunFolderError(RobustJpegError):
     """A run folder that is missing files or holds unreadable results."""
+
+
+class MissingDependency(RobustJpegError, ImportError):
+    """An optional library a requested feature needs is not installed; the message gives the install line."""

@@ -37,7 +37,7 @@ def history_record(run: Run) -> dict:
     identity = config_hash([str(run.path.resolve()), run.facts, run.results])
     return {"schema": SCHEMA, "id": identity, "time": time,
             "model": run.model, "dataset": run.dataset, "n": run.n, "seed": run.facts.get("seed"),
-            "suite": run.suite, "standard_eps": run.standard_eps, "unreliable": run.unreliable,
+            "suite": run.suite, "standard_eps": run.standard_eps, **run.verdict.to_dict(),
             "path": str(run.path.resolve()), "samples": samples, "clean": run.clean,
             "worst_case": run.results["worst_case"],
             "outcomes": {"clean": _bits(run.outcomes.clean),

@@ -13,7 +13,8 @@ from robustjpeg import formatting as fmt
 from robustjpeg import plots
 from robustjpeg.io import atomic_write_json, atomic_write_text
 from robustjpeg.results import robust_record
-from robustjpeg.runs import Run, load_runs, record_at
+from robustjpeg.runs import Run, load_runs, record_at, worst_case_verdict
+from robustjpeg.verdict import MASKING_CHECKS
 
 AUTOATTACK_KINDS = ("autoattack",)  # the official AutoAttack (pyautoattack); torchattacks' 10-step copy is not one
 CURVES, BARS, TREND = "accuracy-vs-budget.png", "clean-vs-robust.png", "trend.png"
@@ -63,45 +64,34 @@ def _title(runs: list[Run]) -> str:
             "only if every attack in the suite failed on it. Every number below is read from the runs' result files.")
 
 
-# Checks whose FAIL means the plain gradients of the model are masked, whichever suite found it.
-MASKING_CHECKS = ("iterative_beats_single_step", "blackbox_weaker_than_whitebox", "bpda_not_stronger")
-
-
-def masked_models(runs: list[Run]) -> set[str]:
-    """Models one of whose runs found masked gradients: their plain-gradient figures overstate robustness in every run."""
-    return {r.model for r in runs for c in r.checks if c.get("status") == "FAIL" and c.get("name") in MASKING_CHECKS}
-
-
 def _warning(runs: list[Run]) -> str:
-    bad = [r.label for r in runs if r.unreliable]
-    masked = masked_models(runs)
-    over = [r.label for r in runs if not r.unreliable and r.model in masked]
+    bad = [r.label for r in runs if r.verdict.status == "unreliable"]
+    over = [r.label for r in runs if r.verdict.status == "overstated"]
     lines = []
     if bad:
-        lines.append(f"> **Unreliable:** {', '.join(bad)}: a sanity check FAILED (see [Sanity checks](#sanity-checks)), "
-                     "so the robust accuracies of these runs cannot be trusted.")
+        lines.append(f"> **Unreliable:** {', '.join(bad)}: a sanity check of the evaluation itself FAILED (see "
+                     "[Sanity checks](#sanity-checks)), so the robust accuracies of these runs cannot be trusted.")
     if over:
-        lines.append(f"> **Overstated:** {', '.join(over)}: these runs passed their own checks, but another run of the "
-                     "same model found masked gradients, so their figures overstate its robustness; read the worst "
-                     "case over every suite instead.")
+        lines.append(f"> **Overstated:** {', '.join(over)}: a masking check FAILED in this run or in another run of "
+                     "the same model, so the per-attack figures overstate its robustness; read the worst case over "
+                     "every suite instead.")
     return "\n>\n".join(lines)
 
 
-def _check_summary(run: Run, masked: set[str]) -> str:
+def _check_summary(run: Run) -> str:
     counts = {s: sum(c.get("status") == s for c in run.checks) for s in ("PASS", "WARN", "FAIL", "SKIP")}
     text = ", ".join(f"{k} {s}" for s, k in counts.items() if k) or "no checks recorded"
-    if run.unreliable:
-        return f"**unreliable** ({text})"
-    return f"**overstated** ({text}; another suite found masked gradients)" if run.model in masked else f"reliable ({text})"
+    status = run.verdict.status
+    return f"{status} ({text})" if status == "reliable" else f"**{status}** ({text}; {run.verdict.reason})"
 
 
 def _summary(runs: list[Run]) -> str:
-    rows, masked = [], masked_models(runs)
+    rows = []
     for run in runs:
         robust = run.robust_standard
         rows.append([run.label, run.dataset, str(run.n), fmt.acc(run.clean),
                      fmt.budget("Linf", run.standard_eps) if run.standard_eps is not None else "—",
-                     fmt.acc(robust, run.n) if robust else "—", _check_summary(run, masked)])
+                     fmt.acc(robust, run.n) if robust else "—", _check_summary(run)])
     header = ["model", "data", "n", "clean", "standard budget", "robust at standard budget", "sanity checks"]
     return "## Summary\n\n" + fmt.table(header, rows)
 
@@ -141,7 +131,9 @@ def _across_suites(runs: list[Run], out: Path) -> str:
         combined = combined_worst_case(group)
         rows = [[fmt.budget(norm, eps), fmt.acc(rec, n), f"{rec['suites']} of {len(group)}"]
                 for (norm, eps), rec in sorted(combined.items(), key=lambda kv: (kv[0][0] != "Linf", kv[0]))]
+        verdict = worst_case_verdict(group)
         parts.append(f"### {model}: {', '.join(r.suite for r in group)} (n = {n})\n\n"
+                     f"Verdict: **{verdict.status}** ({verdict.reason}).\n\n"
                      + fmt.table(["budget", "robust (worst over all suites)", "suites with this budget"], rows))
         curves[model] = {**{f"{r.suite} (n = {r.n})": [w for w in r.results["worst_case"] if w["norm"] == "Linf"]
                             for r in group},
@@ -227,15 +219,31 @@ def _per_attack(runs: list[Run]) -> str:
 
 
 def _checks(runs: list[Run]) -> str:
-    parts = ["## Sanity checks\n\nAny FAIL marks a run's robust accuracies unreliable; a FAIL of a masking check "
-             f"({', '.join(MASKING_CHECKS)}) marks every run of that model as overstating its robustness."]
-    masked = masked_models(runs)
+    parts = ["## Sanity checks\n\nA FAIL of a check of the evaluation itself marks a run unreliable; a FAIL of a "
+             f"masking check ({', '.join(sorted(MASKING_CHECKS))}) marks every run of that model overstated, and its "
+             "worst case over every suite is trusted only if an adaptive attack ran. Invariants are properties the "
+             "code guarantees; a broken one marks the run unreliable."]
     for run in runs:
         rows = [[str(c.get("id", "")), c.get("name", ""), _status(c.get("status", "?")), fmt.number(c.get("value")),
                  str(c.get("detail", ""))] for c in run.checks]
-        parts.append(f"### {run.label}: {_check_summary(run, masked)}\n\n"
-                     + fmt.table(["#", "check", "status", "measured", "reason"], rows))
+        rows += [[str(c.get("id", "")), f"{c.get('name', '')} (invariant)", "held" if c.get("held") else "**BROKEN**",
+                  fmt.number(c.get("value")), str(c.get("detail", ""))] for c in run.results.get("invariants", [])]
+        parts.append(f"### {run.label}: {_check_summary(run)}\n\n"
+                     + fmt.table(["#", "check", "status", "measured", "reason"], rows)
+                     + _optimality_table(run))
     return "\n\n".join(parts)
+
+
+def _optimality_table(run: Run) -> str:
+    """Each minimum-norm attack against the best of all attacks (check 17), when the run has any."""
+    records = run.results.get("optimality", [])
+    if not records:
+        return ""
+    rows = [[r["attack"], r["norm"], fmt.number(r["optimality"]), fmt.pct(r["found"]),
+             fmt.number(r.get("median_distance"))] for r in records]
+    return ("\n\nMinimum-norm attacks against the per-sample best of all attacks (AttackBench optimality: area under "
+            "the best-of-all robust-accuracy curve over the attack's own, 1 = the best; up to each norm's largest "
+            "budget):\n\n" + fmt.table(["attack", "norm", "optimality", "found (%)", "median distance"], rows))
 
 
 def _status(status: str) -> str:
@@ -280,8 +288,7 @@ def robustbench_entry(run: Run) -> dict:
     entry = {"name": run.label, "model": run.model, "dataset": run.dataset, "threat_model": "Linf",
              "eps": fmt.eps_text("Linf", run.standard_eps) if run.standard_eps is not None else None,
              **_card_accuracy("clean_acc", run.clean), "n": run.n, "suite": run.suite, "seed": run.facts.get("seed"),
-             "unreliable": run.unreliable,
-             "failed_checks": [c.get("name") for c in run.checks if c.get("status") == "FAIL"]}
+             **run.verdict.to_dict()}
     if run.robust_standard is not None:
         entry.update(_card_accuracy("robust_acc", run.robust_standard))
     auto = record_at([c for c in run.results["cells"] if c.get("kind") in AUTOATTACK_KINDS], "Linf", run.standard_eps)

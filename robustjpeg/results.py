@@ -76,7 +76,7 @@ def worst_case(cells: dict[str, np.ndarray], budgets: dict[str, tuple[str, float
 
 
 def write_samples(run_dir: Path, *, indices, labels, clean_correct, cells: dict[str, np.ndarray],
-                  worst: dict[tuple[str, float], np.ndarray], cw_l2: np.ndarray | None) -> None:
+                  worst: dict[tuple[str, float], np.ndarray], distances: dict[str, np.ndarray]) -> None:
     """samples.npz: every per-sample outcome, so worst cases, comparisons and reports are exact."""
     n = len(labels)
     rows = lambda table: np.stack(list(table.values())).astype(bool) if table else np.zeros((0, n), bool)  # noqa: E731
@@ -86,8 +86,9 @@ def write_samples(run_dir: Path, *, indices, labels, clean_correct, cells: dict[
         "cell_keys": np.array(list(cells), dtype=str), "robust": rows(cells),
         "worst_keys": np.array([worst_key(*b) for b in worst], dtype=str), "worst": rows(worst),
     }
-    if cw_l2 is not None:
-        arrays["cw_l2"] = np.asarray(cw_l2, dtype=np.float32)
+    if distances:  # per minimum-norm attack ('attack|norm'), each sample's distance; inf where it failed
+        arrays["distance_keys"] = np.array(list(distances), dtype=str)
+        arrays["distances"] = np.stack([np.asarray(d, dtype=np.float32) for d in distances.values()])
     atomic_save_npz(Path(run_dir) / "samples.npz", **arrays)
 
 

@@ -7,7 +7,7 @@ reader (`results.read_run`): the folder format is written and read in one module
 from __future__ import annotations
 
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +15,7 @@ import numpy as np
 from robustjpeg.errors import RunFolderError
 from robustjpeg.io import read_json
 from robustjpeg.results import read_run
+from robustjpeg.verdict import Verdict, model_verdict, run_verdict
 
 _RESULTS_KEYS = ("model", "dataset", "n", "clean", "cells", "worst_case", "checks")
 _SAMPLE_KEYS = ("indices", "labels", "clean_correct", "cell_keys", "robust", "worst_keys", "worst")
@@ -40,6 +41,7 @@ class Run:
     results: dict
     outcomes: Outcomes
     label: str = field(default="")
+    verdict: Verdict | None = None  # set by load_run / load_runs (which sees the model's other runs)
 
     @property
     def model(self) -> str:
@@ -74,8 +76,8 @@ class Run:
 
     @property
     def unreliable(self) -> bool:
-        """True when any sanity check failed: the robust accuracies cannot be trusted."""
-        return any(c.get("status") == "FAIL" for c in self.checks)
+        """True unless the run's verdict is 'reliable' (verdict.py decides for every output)."""
+        return self.verdict is not None and not self.verdict.trusted
 
     @property
     def jpeg_tables(self) -> dict | None:
@@ -108,18 +110,22 @@ def load_run(path: Path, label: str = "") -> Run:
     outcomes = _outcomes(raw.samples, path / "samples.npz", int(raw.results["n"]))
     _agree(raw.results, outcomes, path)
     return Run(path=path, facts=raw.run, results=raw.results, outcomes=outcomes,
-               label=label or str(raw.results["model"]))
+               label=label or str(raw.results["model"]), verdict=run_verdict(raw.results))
 
 
 def load_runs(paths: list[Path]) -> list[Run]:
-    """Load several runs, giving each a label that tells apart runs of the same model."""
+    """Load several runs, giving each a label that tells apart runs of the same model and a verdict that knows the
+    model's other runs (a masking FAIL in one suite marks the others overstated)."""
     runs = [load_run(p) for p in paths]
     names = [r.model for r in runs]
-    return [r if names.count(r.model) == 1 else _relabel(r, f"{r.model} ({r.path.name})") for r in runs]
+    return [replace(r, label=r.label if names.count(r.model) == 1 else f"{r.model} ({r.path.name})",
+                    verdict=run_verdict(r.results, [o.results for o in runs if o.model == r.model]))
+            for r in runs]
 
 
-def _relabel(run: Run, label: str) -> Run:
-    return Run(path=run.path, facts=run.facts, results=run.results, outcomes=run.outcomes, label=label)
+def worst_case_verdict(runs: list[Run]) -> Verdict:
+    """The verdict of one model's worst case over all of its runs."""
+    return model_verdict([(r.facts, r.results) for r in runs])
 
 
 def _require(ok: bool, path: Path, problem: str) -> None:

@@ -148,25 +148,31 @@ class Engine:
                 seed = batch_seed(self.seed, key, restart, int(self.ids[int(chunk[0])]))
                 with self.view(spec), seeded(seed, self.device):
                     adv = perturb(chunk, seed)
-                record_adv_stats(stats, adv.detach(), self.x[chunk], eps)
+                record_adv_stats(stats, adv.detach(), self.x[chunk], eps, spec.norm)
                 return self.predict(adv.detach()) != self.y[chunk]
 
             broken[alive] = self.map(alive, attack, desc=f"{key} r{restart}").bool()
         return broken
 
 
-def record_adv_stats(stats: dict, adv: Tensor, x: Tensor, eps: float | None) -> None:
-    """Facts check 3 needs: the largest excess over the budget, the value range, NaNs."""
-    flat = (adv - x).flatten(1)
+def record_adv_stats(stats: dict, adv: Tensor, x: Tensor, eps: float | None, norm: str = "Linf") -> None:
+    """Facts check 3 needs: the largest excess over the budget (in the attack's norm), the value range, NaNs."""
     if eps is not None:
-        stats["max_excess"] = max(stats.get("max_excess", 0.0), float(flat.abs().amax(1).max()) - eps)
+        excess = float(perturbation_norm(adv - x, norm).max()) - eps
+        stats["max_excess"] = max(stats.get("max_excess", 0.0), excess)
     stats["min"] = min(stats.get("min", 0.0), float(torch.nan_to_num(adv, nan=0.0).min()))
     stats["max"] = max(stats.get("max", 1.0), float(torch.nan_to_num(adv, nan=1.0).max()))
     stats["nan"] = stats.get("nan", 0) + int(torch.isnan(adv).flatten(1).any(1).sum())
 
 
-def _linf_cells(engine: Engine, spec: AttackSpec, grid: list[float], store: CellStore) -> dict[str, np.ndarray]:
-    """One Linf attack over the grid: a sample broken at a smaller budget is not attacked again."""
+def perturbation_norm(delta: Tensor, norm: str) -> Tensor:
+    """Per-sample size of a perturbation in the norm a budget is measured in."""
+    flat = delta.flatten(1)
+    return flat.abs().amax(1) if norm == "Linf" else flat.norm(dim=1)
+
+
+def _budget_cells(engine: Engine, spec: AttackSpec, grid: list[float], store: CellStore) -> dict[str, np.ndarray]:
+    """One fixed-budget attack over its norm's grid: a sample broken at a smaller budget is not attacked again."""
     adapter = spec.build()
     alive = engine.clean.clone()
     out, direction = {}, None
@@ -180,11 +186,11 @@ def _linf_cells(engine: Engine, spec: AttackSpec, grid: list[float], store: Cell
             idx = alive.nonzero().flatten()
             perturb = _perturber(engine, spec, adapter, eps, direction)
             alive[idx[engine.break_samples(spec, key, idx, eps, perturb, stats)]] = False
-        meta = {"attack": spec.name, "kind": spec.kind, "norm": "Linf", "eps": eps, "stats": stats}
+        meta = {"attack": spec.name, "kind": spec.kind, "norm": adapter.norm, "eps": eps, "stats": stats}
         return meta, {"robust": alive.cpu().numpy().copy()}
 
     for eps in grid:
-        key = cell_key(spec.name, "Linf", eps)
+        key = cell_key(spec.name, adapter.norm, eps)
         out[key] = engine.cell(store, key, lambda: compute(eps, key))["robust"]
         alive = torch.tensor(out[key], device=engine.device)
     return out
@@ -211,52 +217,62 @@ def _perturber(engine: Engine, spec: AttackSpec, adapter, eps: float, direction:
     return lambda chunk, seed: adapter.perturb(craft, engine.x[chunk], engine.y[chunk], eps, seed)
 
 
+def distance_key(attack: str, norm: str) -> str:
+    """'attack|norm|distances': the cell holding a minimum-norm attack's per-sample distances."""
+    return f"{attack}|{norm}|distances"
+
+
 def _distance_cells(engine: Engine, spec: AttackSpec, grid: list[float], store: CellStore) -> tuple[dict, np.ndarray]:
-    """A minimum-distortion attack (CW) run once on every sample; robust at budget e iff its L2 distance exceeds e."""
+    """A minimum-norm attack run once on every clean-correct sample; robust at budget e iff its distance exceeds e."""
+    adapter = spec.build()
 
     def compute() -> tuple[dict, dict]:
         stats = {}
-        dist = _distances(engine, spec, spec.build(), stats)
-        return {"attack": spec.name, "kind": spec.kind, "norm": "L2", "stats": stats}, {"distance": dist}
+        dist = _distances(engine, spec, adapter, stats)
+        return {"attack": spec.name, "kind": spec.kind, "norm": adapter.norm, "stats": stats}, {"distance": dist}
 
-    dist = engine.cell(store, f"{spec.name}|L2|distances", compute)["distance"]
+    dist = engine.cell(store, distance_key(spec.name, adapter.norm), compute)["distance"]
     clean = engine.clean.cpu().numpy()
-    return {cell_key(spec.name, "L2", eps): clean & (dist > eps) for eps in grid}, dist
+    return {cell_key(spec.name, adapter.norm, eps): clean & (dist > eps) for eps in grid}, dist
 
 
 def _distances(engine: Engine, spec: AttackSpec, adapter, stats: dict) -> np.ndarray:
-    """Each sample's L2 distance to its adversarial example; inf where the attack failed, 0 where clean is wrong."""
+    """Each sample's distance (in the attack's norm) to its adversarial example; inf where the attack failed, 0 where
+    the clean prediction is already wrong (those samples are not attacked)."""
     craft = engine.craft_model(spec)
+    dist = torch.zeros(len(engine.x), device=engine.device)
+    idx = engine.clean.nonzero().flatten()
 
     def attack(chunk: Tensor) -> Tensor:
         seed = batch_seed(engine.seed, spec.name, int(engine.ids[int(chunk[0])]))
         with engine.view(spec), seeded(seed, engine.device):
-            adv = adapter.perturb(craft, engine.x[chunk], engine.y[chunk], None, seed)
-        record_adv_stats(stats, adv.detach(), engine.x[chunk], None)
-        d = (adv.detach() - engine.x[chunk]).flatten(1).norm(dim=1)
-        return torch.where(engine.predict(adv.detach()) != engine.y[chunk], d, torch.full_like(d, float("inf")))
+            adv = adapter.perturb(craft, engine.x[chunk], engine.y[chunk], None, seed).detach()
+        record_adv_stats(stats, adv, engine.x[chunk], None)
+        d = perturbation_norm(adv - engine.x[chunk], adapter.norm)
+        return torch.where(engine.predict(adv) != engine.y[chunk], d, torch.full_like(d, float("inf")))
 
-    dist = engine.map(torch.arange(len(engine.x), device=engine.device), attack, desc=f"{spec.name} (once)")
-    return torch.where(engine.clean, dist, torch.zeros_like(dist)).cpu().numpy().astype(np.float32)
+    if len(idx):
+        dist[idx] = engine.map(idx, attack, desc=f"{spec.name} (once)")
+    return dist.cpu().numpy().astype(np.float32)
 
 
 def _all_cells(engine: Engine, suite: Suite, store: CellStore):
-    """Run (or load) every cell; returns per-sample outcomes, each cell's spec and budget, skipped attacks, CW distances."""
-    cells, where, skipped, cw_l2 = {}, {}, [], None
+    """Run (or load) every cell; returns per-sample outcomes, each cell's spec and budget, skipped attacks, and the
+    per-sample distances of every minimum-norm attack ({'attack|norm': array})."""
+    cells, where, skipped, distances = {}, {}, [], {}
     for spec in suite.attacks:
         if spec.source == "transfer" and engine.source is None:
             skipped.append({"attack": spec.name, "reason": "no transfer source model (pass --transfer-from CKPT)"})
             continue
-        if spec.build().minimum_distortion:
-            grid = suite.l2_eps
-            found, dist = _distance_cells(engine, spec, grid, store)
-            cw_l2 = dist if cw_l2 is None else cw_l2
+        norm = spec.norm
+        grid = suite.grid(norm)
+        if spec.adapter.minimum_norm:
+            found, distances[f"{spec.name}|{norm}"] = _distance_cells(engine, spec, grid, store)
         else:
-            grid = suite.eps
-            found = _linf_cells(engine, spec, grid, store)
+            found = _budget_cells(engine, spec, grid, store)
         cells.update(found)
-        where.update({key: (spec, spec.norm, eps) for key, eps in zip(found, grid)})
-    return cells, where, skipped, cw_l2
+        where.update({key: (spec, norm, eps) for key, eps in zip(found, grid)})
+    return cells, where, skipped, distances
 
 
 def _summarise(engine: Engine, suite: Suite, info: dict, dataset: str, cells: dict, where: dict,
@@ -270,7 +286,8 @@ def _summarise(engine: Engine, suite: Suite, info: dict, dataset: str, cells: di
     clean = engine.clean.cpu().numpy()
     clean_rec = robust_record(clean)
     return {"model": info.get("name", "model"), "dataset": dataset, "n": int(clean.size), "suite": suite.name,
-            "standard_eps": suite.standard_eps, "eps": suite.eps, "l2_eps": suite.l2_eps,
+            "standard_eps": suite.standard_eps, "standard_l2_eps": suite.standard_l2_eps, "eps": suite.eps,
+            "l2_eps": suite.l2_eps,
             "clean": {"correct": clean_rec.pop("robust"), **clean_rec},
             "cells": records, "worst_case": worst_records, "skipped": skipped}
 
@@ -373,15 +390,15 @@ def _finish(model: nn.Module, x: Tensor, y: Tensor, suite: Suite, out: Path, run
                         transfer_source=transfer_source)
         for k, v in (shard_passes or {}).items():
             engine.reused[k] += v
-        cells, where, skipped, cw_l2 = _all_cells(engine, suite, CellStore(out))
+        cells, where, skipped, distances = _all_cells(engine, suite, CellStore(out))
         results = _summarise(engine, suite, run["model"], dataset, cells, where, skipped)
         attack_passes, t_checks = _spent(engine), time.perf_counter()
-        results["checks"] = checks.run_checks(engine, suite, cells, where, results, run["model"])
+        results.update(checks.run_checks(engine, suite, cells, where, results, run["model"], distances))
         run.update(passes_attacks=attack_passes, wall_time_checks_s=round(time.perf_counter() - t_checks, 3))
     results["checks_failed"] = sum(c["status"] == "FAIL" for c in results["checks"])
     worst = worst_case(cells, {k: (w[1], w[2]) for k, w in where.items()})
     write_samples(out, indices=np.arange(len(y)) if indices is None else np.asarray(indices), labels=y.cpu().numpy(),
-                  clean_correct=engine.clean.cpu().numpy(), cells=cells, worst=worst, cw_l2=cw_l2)
+                  clean_correct=engine.clean.cpu().numpy(), cells=cells, worst=worst, distances=distances)
     write_results(out, results)
     run.update(status="complete", wall_time_s=round(time.perf_counter() - t0, 3), passes=_spent(engine),
                batch_size_final=engine.batch_size,
@@ -461,34 +478,31 @@ def _plain_torchattack(model: nn.Module, spec: AttackSpec, eps: float):
     if spec.kind == "fgsm":
         return torchattacks.FGSM(model, eps=eps)
     if spec.kind == "pgd":
-        return torchattacks.PGD(model, eps=eps, alpha=a.rel_stepsize * eps / a.steps, steps=a.steps,
-                                random_start=a.random_start)
-    if spec.kind == "cw":
-        return torchattacks.CW(model, c=a.c, kappa=a.kappa, steps=a.steps, lr=a.lr)
-    raise ConfigError(f"the reference loop covers fgsm, pgd and cw only, not {spec.kind!r} ({spec.name})")
+        cls = torchattacks.PGD if a.norm == "Linf" else torchattacks.PGDL2
+        return cls(model, eps=eps, alpha=a.rel_stepsize * eps / a.steps, steps=a.steps, random_start=a.random_start)
+    raise ConfigError(f"the reference loop covers fgsm and pgd only, not {spec.kind!r} ({spec.name})")
 
 
 def reference_sweep(model: nn.Module, x: Tensor, y: Tensor, suite: Suite, *, batch_size: int = 256) -> tuple[dict, dict]:
     """The naive loop the engine's savings are measured and verified against: every attack at every budget on every
     sample through plain torchattacks calls; outcomes then combined like the engine's (clean-wrong and broken at a
-    smaller budget count as broken). Returns (cells, passes per attack name and "clean"); fgsm, pgd and cw kinds."""
+    smaller budget count as broken). Returns (cells, passes per attack name and "clean"); fgsm and pgd kinds (a
+    minimum-norm attack runs once in both ways, so it has no naive loop and is left out)."""
     passes = {"clean": {"forward": 0, "backward": 0}}
     counted = PassCounter(model.eval(), passes["clean"])
     with torch.no_grad():
         clean = torch.cat([counted(xb).argmax(1) for xb in x.split(batch_size)]) == y
     cells = {}
-    for spec in suite.attacks:
+    for spec in (s for s in suite.attacks if not s.adapter.minimum_norm):
         counted.tally = passes[spec.name] = {"forward": 0, "backward": 0}
         alive = clean.clone()
-        for eps in (suite.l2_eps if spec.norm == "L2" else suite.eps):
+        for eps in suite.grid(spec.norm):
             attack = _plain_torchattack(counted, spec, eps)
-            for start in range(0, len(y), batch_size):
+            for start in range(0, len(y) if eps > 0 else 0, batch_size):  # at eps 0 robust means clean-correct
                 xb, yb = x[start:start + batch_size], y[start:start + batch_size]
                 adv = attack(xb, yb)
                 with torch.no_grad():
                     broken = counted(adv).argmax(1) != yb
-                if spec.norm == "L2":
-                    broken &= (adv - xb).flatten(1).norm(dim=1) <= eps
                 alive[start:start + batch_size] &= ~broken
             cells[cell_key(spec.name, spec.norm, eps)] = alive.cpu().numpy().copy()
     return cells, passes

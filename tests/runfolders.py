@@ -19,9 +19,9 @@ LINF = [0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255]
 L2 = [0.0, 0.25, 0.5, 1.0]
 # name, registry kind, norm, how far the attack pushes compared with the sample's radius (bigger = weaker)
 ATTACKS = [("fgsm", "fgsm", "Linf", 1.4), ("pgd", "pgd", "Linf", 1.0), ("square", "square", "Linf", 1.2),
-           ("cw", "cw", "L2", 1.0)]
+           ("ddn", "ddn", "L2", 1.0)]
 L2_PER_LINF = 40.0  # a sample's L2 radius relative to its Linf radius
-CHECK_NAMES = [check.__name__ for check in CHECKS]
+CHECK_NAMES = {number: check.__name__ for number, check in sorted(CHECKS.items())}
 
 
 def make_run(path: Path, model: str = "resnet20", *, n: int = 300, scale: float = 3 / 255, clean_rate: float = 0.8,
@@ -47,7 +47,7 @@ def make_run(path: Path, model: str = "resnet20", *, n: int = 300, scale: float 
     write_run(path, {**_facts(model, dataset, n, jpeg), "finished": finished})
     indices = np.sort(np.random.default_rng(index_seed).choice(10000, n, replace=False))
     write_samples(path, indices=indices, labels=np.arange(n) % 10, clean_correct=clean, cells=robust, worst=worst,
-                  cw_l2=np.where(clean, radius * L2_PER_LINF, 0.0))
+                  distances={"ddn|L2": np.where(clean, radius * L2_PER_LINF, 0.0)})
     return path
 
 
@@ -74,7 +74,7 @@ def _iterative_check(robust: dict, where: dict) -> tuple:
 
 def _checks(fail: dict) -> list[dict]:
     out = []
-    for i, name in enumerate(CHECK_NAMES, start=1):
+    for i, name in CHECK_NAMES.items():
         status, value, detail = fail.get(i, ("PASS", 0.0, "within tolerance"))
         out.append({"id": i, "name": name, "status": status, "value": value, "detail": detail})
     return out

@@ -40,10 +40,13 @@ def eval_set(n: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
-def suite_toml(eps: list[str], *attacks: dict, l2_eps: list[float] | None = None, standard_eps: str = "0.3") -> str:
-    """Suite file text: a Linf grid (fractions as strings) and one [[attacks]] table per dict."""
-    lines = ['name = "t"', f"standard_eps = {json.dumps(standard_eps)}", f"eps = {json.dumps(eps)}"]
-    lines += [f"l2_eps = {json.dumps(l2_eps)}"] if l2_eps else []
+def suite_toml(eps: list[str], *attacks: dict, l2_eps: list[float] | None = None, standard_eps: str | None = None,
+               standard_l2_eps: float | None = None) -> str:
+    """Suite file text: a Linf grid (fractions as strings), an L2 grid when given, one [[attacks]] table per dict;
+    the standard budgets default to each grid's largest."""
+    lines = ['name = "t"', f"standard_eps = {json.dumps(standard_eps or eps[-1])}", f"eps = {json.dumps(eps)}"]
+    if l2_eps:
+        lines += [f"l2_eps = {json.dumps(l2_eps)}", f"standard_l2_eps = {json.dumps(standard_l2_eps or l2_eps[-1])}"]
     for table in attacks:
         lines += ["[[attacks]]", *(f"{k} = {json.dumps(v)}" for k, v in table.items())]
     return "\n".join(lines) + "\n"

@@ -31,8 +31,12 @@ def test_shipped_suites_cover_enough_budgets(name, budgets):
 
 def test_standard_suite_has_the_attacks_the_protocol_needs():
     suite = load_suite("standard")
-    kinds = {a.kind for a in suite.attacks}
-    assert {"fgsm", "pgd", "cw", "autoattack", "square"} <= kinds and len(suite.eps) >= 8
+    kinds = {(a.kind, a.norm) for a in suite.attacks}
+    linf = {("fgsm", "Linf"), ("pgd", "Linf"), ("autoattack", "Linf"), ("square", "Linf"), ("fmn", "Linf")}
+    l2 = {("apgd", "L2"), ("autoattack", "L2"), ("ddn", "L2"), ("alma", "L2")}
+    assert linf | l2 <= kinds and len(suite.eps) >= 8
+    assert any(a.params.get("targeted") and a.norm == "L2" for a in suite.attacks), "APGD-T in L2"
+    assert suite.standard_l2_eps == 0.5 and 0.5 in suite.l2_eps
     pgd = [a for a in suite.attacks if a.name == "pgd"][0]
     assert pgd.params["steps"] >= 20 and pgd.restarts > 1 and max(suite.eps) == pytest.approx(16 / 255)
 
@@ -49,13 +53,31 @@ def test_adaptive_suite_crafts_through_the_straight_through_view():
     ('eps = ["0"]\n[[attacks]]\nname = "a"\n', 4, "missing required field 'kind'"),
     ('eps = ["0"]\n[[attacks]]\nname = "a"\nkind = "pgd"\nstep = 3\n', 7, "no parameter 'step'"),
     ('eps = ["0"]\n[[attacks]]\nname = "a"\nkind = "pgd"\nsteps = "ten"\n', 7, "steps must be int"),
-    ('eps = ["0"]\n[[attacks]]\nname = "a"\nkind = "cw"\nrestarts = 3\n', 7, "runs once per sample"),
+    ('eps = ["0"]\n[[attacks]]\nname = "a"\nkind = "ddn"\nrestarts = 3\n', 7, "minimum-norm attack that runs once"),
+    ('eps = ["0"]\n[[attacks]]\nname = "a"\nkind = "pgd"\nrestarts = "two"\n', 7, "restarts must be a whole number"),
+    ('eps = ["0"]\n[[attacks]]\nname = "a"\nkind = "pgd"\nsteps = 0\n', 7, "steps must be >= 1"),
+    ('eps = ["0"]\n[[attacks]]\nname = "a"\nkind = "pgd"\nrel_stepsize = -1.0\n', 7, "rel_stepsize must be > 0"),
+    ('eps = ["0"]\nsteps = 3\n[[attacks]]\nname = "a"\nkind = "fgsm"\n', 4, "unknown field 'steps'"),
+    ('eps = ["0", "0.1"]\n[[attacks]]\nname = "a"\nkind = "fgsm"\n', 2, "standard_eps '0.3' is not in the eps grid"),
+    ('eps = ["0"]\nnorm = "L1"\n[[attacks]]\nname = "a"\nkind = "fgsm"\n', 4, "unknown norm 'L1'"),
+    ('eps = ["0"]\n[[attacks]]\nname = "a"\nkind = "pgd"\nnorm = "L1"\n', 7, "unknown norm 'L1'; known: Linf, L2"),
+    ('eps = ["0"]\n[[attacks]]\nname = "a"\nkind = "ddn"\nnorm = "Linf"\n', 7, "DDN measures L2 only, not Linf"),
+    ('eps = ["0"]\n[[attacks]]\nname = "a"\nkind = "fgsm"\nnorm = "L2"\n', 7, "FGSM measures Linf only"),
+    ('eps = ["0"]\nl2_eps = [0.0, -0.5]\nstandard_l2_eps = 0.0\n[[attacks]]\nname = "a"\nkind = "ddn"\n', 4,
+     "budget -0.5 lies outside [0, inf]"),
+    ('eps = ["0"]\nl2_eps = [0.0, "half"]\nstandard_l2_eps = 0.0\n[[attacks]]\nname = "a"\nkind = "ddn"\n', 4,
+     "budget 'half' is not a number"),
+    ('eps = ["0"]\n[[attacks]]\nname = "a"\nkind = "ddn"\n', 1, "l2_eps needs a budget > 0"),
+    ('eps = ["0"]\nl2_eps = [0.0, 0.5]\nstandard_l2_eps = 1.0\n[[attacks]]\nname = "a"\nkind = "ddn"\n', 5,
+     "standard_l2_eps 1.0 is not in the l2_eps grid"),
+    ('eps = ["0"]\nl2_eps = [0.0, 0.5]\n[[attacks]]\nname = "a"\nkind = "fgsm"\n', 4, "no attack has norm = \"L2\""),
 ])
 def test_bad_suite_error_names_line_and_problem(tmp_path, body, line, words):
     path = write_suite(tmp_path, 'name = "t"\nstandard_eps = "0.3"\n' + body)
     with pytest.raises(ConfigError) as err:
         load_suite(path)
-    assert f"line {line}" in str(err.value) and words in str(err.value)
+    assert f"line {line}" in str(err.value) and words in str(err.value), str(err.value)
+    assert "\n" not in str(err.value)
 
 
 def test_unknown_suite_name_lists_the_shipped_ones():

@@ -14,10 +14,11 @@ from robustjpeg.errors import RunFolderError
 from robustjpeg.formatting import budget
 from robustjpeg.report import combined_worst_case, write_report
 from robustjpeg.runs import load_run, load_runs
+from robustjpeg.verdict import MASKING_CHECKS
 
 # FGSM stronger than PGD: the shape of masked gradients, which check 6 must flag
 MASKED = [("fgsm", "fgsm", "Linf", 1.0), ("pgd", "pgd", "Linf", 1.6), ("aa", "autoattack", "Linf", 1.2),
-          ("cw", "cw", "L2", 1.0)]
+          ("ddn", "ddn", "L2", 1.0)]
 
 TINY_SUITE = """
 name = "tiny"
@@ -26,9 +27,10 @@ norm = "Linf"
 eps = ["0", "0.1", "0.3"]
 standard_eps = "0.3"
 l2_eps = [0.0, 1.0, 2.0, 3.0]
+standard_l2_eps = 2.0
 attacks = [{name = "fgsm", kind = "fgsm"},
            {name = "pgd", kind = "pgd", steps = 5, rel_stepsize = 2.5, random_start = true},
-           {name = "cw", kind = "cw", c = 5.0, steps = 20, lr = 0.05}]
+           {name = "ddn", kind = "ddn", steps = 20}]
 """
 
 
@@ -147,28 +149,30 @@ def test_report_of_a_real_sweep_matches_its_results(real_report):
     assert "jpeg-tables-jpeg-soft.png" in real_report[0].read_text()
 
 
-def test_real_masked_gradients_fail_a_check_and_mark_the_model_unreliable(real_report):
+def test_real_masked_gradients_fail_a_check_and_set_the_verdict(real_report):
     path, _ = real_report
     tables = {t[0].split(":")[0]: t for t in markdown_tables(path.read_text()) if t[1][:3] == ["#", "check", "status"]}
     status = {name: {row[1]: row[2].strip("*") for row in t[2]} for name, t in tables.items()}
     assert status["jpeg-hard"]["gradient_health"] == "FAIL"
     assert status["jpeg-soft"]["gradient_health"] == "PASS"
     for name, checks in status.items():
-        assert ("unreliable" in tables[name][0]) == ("FAIL" in checks.values()), f"{name}: verdict and table disagree"
+        failed = {check for check, s in checks.items() if s == "FAIL"}
+        expect = "unreliable" if failed - MASKING_CHECKS else ("overstated" if failed else "reliable")
+        assert f"{name}: {'' if expect == 'reliable' else '**'}{expect}" in tables[name][0], f"{name}: verdict and table disagree"
 
 
 def test_check_table_fails_masked_run_and_passes_clean_one(report):
     path, _ = report
     tables = {t[0]: t for t in markdown_tables(path.read_text())}
-    clean = tables["resnet20: reliable (16 PASS)"]
+    clean = tables["resnet20: reliable (15 PASS)"]
     assert {row[2] for row in clean[2]} == {"PASS"}
     masked = next(t for h, t in tables.items() if h.startswith("resnet20-masked"))
-    assert "unreliable" in masked[0]
+    assert "overstated" in masked[0] and "iterative_beats_single_step" in masked[0]
     row6 = next(row for row in masked[2] if row[0] == "6")
     assert row6[2].strip("*") == "FAIL" and float(row6[3]) > 0.01
     summary = tables["Summary"][2]
-    assert "unreliable" in next(r for r in summary if r[0] == "resnet20-masked")[6]
-    assert "unreliable" not in next(r for r in summary if r[0] == "resnet20")[6]
+    assert "overstated" in next(r for r in summary if r[0] == "resnet20-masked")[6]
+    assert next(r for r in summary if r[0] == "resnet20")[6].startswith("reliable")
 
 
 def test_robustbench_json_per_model(report):
@@ -273,15 +277,21 @@ def test_a_masking_fail_in_one_suite_marks_the_models_other_runs_overstated(tmp_
     masked = make_run(tmp_path / "adaptive", "jpeg-dl", fail={11: ("FAIL", 0.4, "BPDA far stronger")})
     paper = make_run(tmp_path / "paper", "jpeg-dl", sample_seed=1)
     clean_model = make_run(tmp_path / "base", "baseline", sample_seed=2)
-    other_fail = make_run(tmp_path / "odd", "odd", sample_seed=3, fail={2: ("FAIL", 1.2, "inputs outside [0, 1]")})
-    report = write_report([masked, paper, clean_model, other_fail], tmp_path / "report").read_text()
+    other_fail = make_run(tmp_path / "odd", "odd", sample_seed=3, fail={3: ("FAIL", 0.2, "examples outside budget")})
+    path = write_report([masked, paper, clean_model, other_fail], tmp_path / "report")
+    report = path.read_text()
     heading, _, rows = markdown_tables(report)[0]
     assert heading == "Summary"
     summary = {row[0]: row[-1] for row in rows}
-    assert summary["jpeg-dl (adaptive)"].startswith("**unreliable**")
+    assert summary["jpeg-dl (adaptive)"].startswith("**overstated**"), "masking found is not a broken evaluation"
     assert summary["jpeg-dl (paper)"].startswith("**overstated**")
     assert summary["baseline"].startswith("reliable") and summary["odd"].startswith("**unreliable**")
-    assert "> **Overstated:** jpeg-dl (paper)" in report
+    assert "> **Overstated:** jpeg-dl (adaptive), jpeg-dl (paper)" in report
+    cards = {json.loads(p.read_text())["name"]: json.loads(p.read_text()) for p in path.parent.glob("*.json")}
+    for label, verdict in summary.items():
+        card = cards[label]
+        assert verdict.strip("*").startswith(card["verdict"]) and card["unreliable"] == (card["verdict"] != "reliable")
+    assert "Verdict: **overstated** (masking found (bpda_not_stronger) but no adaptive attack" in report
 
 
 def test_models_trained_with_several_seeds_get_a_mean_and_seed_range(tmp_path):

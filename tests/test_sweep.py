@@ -23,7 +23,8 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 FGSM = {"name": "fgsm", "kind": "fgsm"}
 DETERMINISTIC = suite_toml(["0", "2/255", "8/255", "16/255", "32/255", "64/255"], FGSM,
                            {"name": "pgd", "kind": "pgd", "steps": 5, "random_start": False},
-                           {"name": "cw", "kind": "cw", "c": 5.0, "steps": 20, "lr": 0.05}, l2_eps=[0.0, 0.5, 1.0, 2.0])
+                           {"name": "pgd-l2", "kind": "pgd", "norm": "L2", "steps": 5, "random_start": False},
+                           {"name": "ddn", "kind": "ddn", "steps": 20}, l2_eps=[0.0, 0.5, 1.0, 2.0])
 
 
 @pytest.fixture(scope="module")
@@ -41,14 +42,14 @@ def deterministic_runs(tmp_path_factory):
 
 def test_sweep_matches_naive_torchattacks_loop_sample_by_sample(deterministic_runs):
     run, _, naive, _ = deterministic_runs
-    assert list(run.samples["cell_keys"]) == list(naive)
+    assert [k for k in run.samples["cell_keys"] if not k.startswith("ddn|")] == list(naive)
     for key, robust in naive.items():
         assert np.array_equal(run.cell(key), robust), f"{key}: engine and naive loop disagree on some samples"
 
 
 def test_sweep_spends_fewer_passes_than_naive_loop(deterministic_runs):
     run, _, _, naive_passes = deterministic_runs
-    engine = sum(run.run["passes_attacks"].values())
+    engine = sum(sum(m["passes"].values()) for m in cell_metas(run.folder) if m["attack"] in naive_passes)
     naive = sum(sum(p.values()) for p in naive_passes.values())
     assert engine < 0.6 * naive, (run.run["passes_attacks"], naive_passes)
 
@@ -56,7 +57,7 @@ def test_sweep_spends_fewer_passes_than_naive_loop(deterministic_runs):
 def test_budget_zero_equals_clean_accuracy(deterministic_runs):
     _, results, _, _ = deterministic_runs
     zero = [c for c in results["cells"] if c["eps"] == 0]
-    assert len(zero) == 3
+    assert len(zero) == 4
     assert all(c["robust"] == results["clean"]["correct"] for c in zero)
     assert results["checks"][0]["status"] == "PASS"
 
@@ -75,10 +76,14 @@ def test_run_folder_follows_the_contract(deterministic_runs):
     assert results["clean"]["accuracy"] == pytest.approx(run.samples["clean_correct"].mean())
     cell = results["cells"][0]
     assert {"attack", "kind", "norm", "eps", "n", "robust", "accuracy", "ci95"} <= set(cell)
-    assert [c["id"] for c in results["checks"]] == list(range(1, 17))
+    assert [c["id"] for c in results["checks"]] == [1, *range(3, 15), 17, 18]
+    assert [c["id"] for c in results["invariants"]] == [2, 15, 16] and all(c["held"] for c in results["invariants"])
     assert run.samples["robust"].shape == (len(run.samples["cell_keys"]), 80)
-    cw = run.samples["cw_l2"]
-    assert np.isinf(cw[run.samples["clean_correct"]]).sum() < run.samples["clean_correct"].sum(), "CW broke nothing"
+    assert list(run.samples["distance_keys"]) == ["ddn|L2"]
+    ddn, clean = run.samples["distances"][0], run.samples["clean_correct"]
+    assert np.isfinite(ddn[clean]).all() and (ddn[~clean] == 0).all(), "DDN should break every clean digit"
+    at_one = run.cell("ddn|L2|1")
+    assert np.array_equal(at_one, clean & (ddn > 1.0))
     worst = run.samples["worst"][list(run.samples["worst_keys"]).index("Linf|0.1254902")]
     assert np.array_equal(worst, run.cell("fgsm|Linf|0.1254902") & run.cell("pgd|Linf|0.1254902"))
 
@@ -149,7 +154,7 @@ def test_undefended_model_falls_to_zero_at_standard_budget_and_chance_at_one(tmp
 def test_suite_in_run_json_reads_back_as_the_same_suite(deterministic_runs):
     run, _, _, _ = deterministic_runs
     suite = Suite.from_dict(run.run["suite"])
-    assert suite.to_dict() == run.run["suite"] and [a.name for a in suite.attacks] == ["fgsm", "pgd", "cw"]
+    assert suite.to_dict() == run.run["suite"] and [a.name for a in suite.attacks] == ["fgsm", "pgd", "pgd-l2", "ddn"]
 
 
 def test_sweep_command_needs_an_output_folder(capsys):

@@ -1,0 +1,90 @@
+"""One reliability verdict for every output (report, model card, compare, history, bench's exit code).
+
+A run is *unreliable* when a check that tests the evaluation itself FAILed, or an invariant broke: its numbers cannot
+be trusted. It is *overstated* when a masking check FAILed in it or in another run of the same model: some of its
+attacks are weaker than others on this model, so its per-attack figures overstate robustness. A model's worst case
+over every suite is trustworthy when no run is unreliable and, if masking was found, an adaptive attack (BPDA,
+transfer or black box) ran in one of its suites: that worst case already holds the attack that overcomes the masking.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+from robustjpeg import checks
+
+# Checks whose FAIL says that some attacks of the suite are weaker than others on this model (masked gradients, a
+# weak minimum-norm attack), not that the evaluation is broken: the suite's worst case holds the stronger attack.
+MASKING_CHECKS = frozenset(fn.__name__ for fn in (checks.iterative_beats_single_step,
+                                                   checks.blackbox_weaker_than_whitebox, checks.bpda_not_stronger,
+                                                   checks.fixed_budget_agrees_with_minimum_norm))
+STATUSES = ("reliable", "overstated", "unreliable")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """reliable / overstated / unreliable, why, and the checks that FAILed (invariants that broke)."""
+
+    status: str
+    reason: str
+    failed: tuple[str, ...] = ()
+
+    @property
+    def trusted(self) -> bool:
+        return self.status == "reliable"
+
+    def to_dict(self) -> dict:
+        return {"verdict": self.status, "verdict_reason": self.reason, "failed_checks": list(self.failed),
+                "unreliable": not self.trusted}
+
+
+def _failed(results: dict) -> list[str]:
+    checks_failed = [c["name"] for c in results.get("checks", []) if c.get("status") == "FAIL"]
+    return checks_failed + [f"invariant {i['name']}" for i in results.get("invariants", []) if i.get("held") is False]
+
+
+def _masking(results: dict) -> list[str]:
+    return [name for name in _failed(results) if name in MASKING_CHECKS]
+
+
+def run_verdict(results: dict, model_results: Iterable[dict] = ()) -> Verdict:
+    """The verdict of one run (results.json content), given the results of the same model's other runs."""
+    failed = _failed(results)
+    hard = [name for name in failed if name not in MASKING_CHECKS]
+    if hard:
+        return Verdict("unreliable", f"{', '.join(hard)} FAILed: the evaluation itself is in doubt", tuple(failed))
+    here = _masking(results)
+    if here:
+        return Verdict("overstated", f"{', '.join(here)} FAILed: some attacks are weaker than others on this model; "
+                       "read the worst case over every suite", tuple(failed))
+    elsewhere = sorted({name for other in model_results if other is not results for name in _masking(other)})
+    if elsewhere:
+        return Verdict("overstated", f"another suite of this model FAILed {', '.join(elsewhere)} (masked gradients); "
+                       "read the worst case over every suite", tuple(failed))
+    return Verdict("reliable", "no check FAILed", tuple(failed))
+
+
+def _adaptive(facts: dict) -> bool:
+    """The run's suite holds an attack that does not rely on the model's own gradients."""
+    from robustjpeg.attacks import ATTACKS
+
+    attacks = (facts.get("suite") or {}).get("attacks", [])
+    return any(a.get("view") or a.get("source") == "transfer" or
+               (a.get("kind") in ATTACKS and ATTACKS.get(a["kind"]).black_box) for a in attacks)
+
+
+def model_verdict(runs: list[tuple[dict, dict]]) -> Verdict:
+    """The verdict of one model's worst case over every suite, from its runs' (facts, results)."""
+    verdicts = [run_verdict(results, [r for _, r in runs]) for _, results in runs]
+    bad = [v for v in verdicts if v.status == "unreliable"]
+    if bad:
+        return Verdict("unreliable", bad[0].reason, bad[0].failed)
+    masked = sorted({name for _, results in runs for name in _masking(results)})
+    if not masked:
+        return Verdict("reliable", "no check FAILed in any suite")
+    if any(_adaptive(facts) for facts, _ in runs):
+        return Verdict("reliable", f"masking found ({', '.join(masked)}) and overcome: this worst case includes the "
+                       "adaptive attacks", tuple(masked))
+    return Verdict("overstated", f"masking found ({', '.join(masked)}) but no adaptive attack (BPDA, transfer, black "
+                   "box) ran: sweep the adaptive suite too", tuple(masked))

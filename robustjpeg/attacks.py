@@ -110,6 +110,7 @@ class APGD(Attack):
 
     NORMS = NORMS
     iterative = True
+    cheap = False  # 100 iterations (900 for APGD-T) per sample: not re-run at eps 0 by check 1
     steps: int = 100
     loss: str = "ce"
     targeted: bool = False  # APGD-T: the targeted DLR loss against the 9 most likely other classes

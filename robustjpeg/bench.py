@@ -319,7 +319,7 @@ class Outcome:
     report: Path
     run_dirs: list[Path]
     regressions: list[dict]
-    failed_checks: list[str]
+    untrusted: list[str]  # 'MODEL: verdict (reason)' for each model whose worst case over every suite is not reliable
 
 
 def _sweep_order(bench: Benchmark, suites_override: list[str] | None) -> list[tuple[ModelEntry, str]]:
@@ -399,16 +399,19 @@ def run_benchmark(bench: Benchmark, out: Path, *, device: str = "auto", suites: 
     infos = {name: info for name, (_, info) in loaded.items()}
     run_dirs = _sweep_all(bench, models, infos, out, device, suites, eps, progress, log)
     if not is_main():  # under torchrun the other ranks share training and sweeps; rank 0 alone records and reports
-        return Outcome(report=out / "report" / "report.md", run_dirs=run_dirs, regressions=[], failed_checks=[])
+        return Outcome(report=out / "report" / "report.md", run_dirs=run_dirs, regressions=[], untrusted=[])
     regressions = _history(bench, run_dirs, log) if bench.history else []
     report = write_report(run_dirs, out / "report", history=bench.history)
     log(f"report written to {report}")
-    failed = [f"{d.parent.parent.name}/{d.name}: {c['name']}" for d in run_dirs
-              for c in _read_checks(d) if c["status"] == "FAIL"]
-    return Outcome(report=report, run_dirs=run_dirs, regressions=regressions, failed_checks=failed)
+    return Outcome(report=report, run_dirs=run_dirs, regressions=regressions, untrusted=_untrusted(run_dirs))
 
 
-def _read_checks(run_dir: Path) -> list[dict]:
-    from robustjpeg.io import read_json
+def _untrusted(run_dirs: list[Path]) -> list[str]:
+    """Models whose reported worst case (over every suite they ran) the verdict does not trust."""
+    from robustjpeg.runs import load_run, worst_case_verdict
 
-    return read_json(run_dir / "results.json", "results file")["checks"]
+    by_model: dict[str, list] = {}
+    for d in run_dirs:  # runs/MODEL/KEY/SUITE
+        by_model.setdefault(d.parent.parent.name, []).append(load_run(d))
+    verdicts = {model: worst_case_verdict(runs) for model, runs in by_model.items()}
+    return [f"{model}: {v.status} ({v.reason})" for model, v in verdicts.items() if not v.trusted]

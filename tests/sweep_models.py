@@ -57,3 +57,26 @@ def write_suite(folder: Path, text: str) -> Path:
     path = folder / "suite.toml"
     path.write_text(text)
     return path
+
+
+@lru_cache(maxsize=None)
+def pgd_trained_cnn(eps: float = 0.1, epochs: int = 3, seed: int = 0) -> nn.Module:
+    """tiny_cnn adversarially trained on mnist5k (Madry et al.: each batch replaced by 5-step Linf PGD examples at
+    eps, step eps/2, random start): a small robust model whose robust accuracy is far from 0 at eps."""
+    torch.manual_seed(seed)
+    train = load_dataset("mnist5k").train
+    xt, yt = train.x.float() / 255, train.y
+    model = tiny_cnn()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(epochs):
+        for batch in torch.randperm(len(yt)).split(64):
+            x, y = xt[batch], yt[batch]
+            adv = (x + torch.empty_like(x).uniform_(-eps, eps)).clamp(0, 1)
+            for _ in range(5):
+                adv.requires_grad_(True)
+                grad, = torch.autograd.grad(nn.functional.cross_entropy(model(adv), y), adv)
+                adv = (x + (adv.detach() + eps / 2 * grad.sign() - x).clamp(-eps, eps)).clamp(0, 1)
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(adv), y).backward()
+            opt.step()
+    return model.eval()

@@ -33,7 +33,7 @@ def test_standard_suite_has_the_attacks_the_protocol_needs():
     suite = load_suite("standard")
     kinds = {(a.kind, a.norm) for a in suite.attacks}
     linf = {("fgsm", "Linf"), ("pgd", "Linf"), ("autoattack", "Linf"), ("square", "Linf"), ("fmn", "Linf")}
-    l2 = {("apgd", "L2"), ("autoattack", "L2"), ("ddn", "L2"), ("alma", "L2")}
+    l2 = {("apgd", "L2"), ("autoattack", "L2"), ("ddn", "L2")}
     assert linf | l2 <= kinds and len(suite.eps) >= 8
     assert any(a.params.get("targeted") and a.norm == "L2" for a in suite.attacks), "APGD-T in L2"
     assert suite.standard_l2_eps == 0.5 and 0.5 in suite.l2_eps

@@ -15,6 +15,7 @@ from robustjpeg.bench import DEFAULT_FILE, load_benchmark, train_config
 from robustjpeg.cli import EXIT_CRASH, EXIT_REGRESSION, EXIT_USAGE, main
 from robustjpeg.errors import ConfigError
 from robustjpeg.jpeg import CHROMA_TABLE, LUMA_TABLE
+from robustjpeg.verdict import MASKING_CHECKS
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 N = "60"
@@ -54,11 +55,17 @@ def test_default_benchmark_reports_both_models_with_plots_and_checks(default_run
     assert runs == {("baseline", "quick"), ("jpeg-dl", "quick"), ("jpeg-dl", "adaptive-quick")}
 
 
-def test_failed_checks_give_their_own_exit_code(default_run):
+def test_exit_code_4_means_a_reported_worst_case_is_not_trustworthy(default_run):
+    """A masking FAIL that the adaptive suite overcomes is no reason for exit 4; a broken evaluation is."""
     root, code = default_run
-    failed = [c for p in (root / "out").glob("runs/*/*/*/results.json")
-              for c in json.loads(p.read_text())["checks"] if c["status"] == "FAIL"]
-    assert code == (4 if failed else 0)
+    results: dict[str, list] = {}
+    for p in (root / "out").glob("runs/*/*/*/results.json"):  # runs/MODEL/KEY/SUITE
+        results.setdefault(p.parent.parent.parent.name, []).append(json.loads(p.read_text()))
+    hard = [c["name"] for runs in results.values() for r in runs for c in r["checks"]
+            if c["status"] == "FAIL" and c["name"] not in MASKING_CHECKS]
+    masked_without_adaptive = any(c["status"] == "FAIL" and c["name"] in MASKING_CHECKS
+                                  for r in results["baseline"] for c in r["checks"])
+    assert code == (4 if hard or masked_without_adaptive else 0), (code, hard)
 
 
 def test_kill_in_the_middle_of_a_sweep_and_rerun_give_the_same_results(default_run, tmp_path, kill_pgd_after):

@@ -9,8 +9,11 @@ A benchmark file has three parts::
                                 # optional suites (override) and transfer_from (another model's name)
 
 A trained model may set jpeg_quality = "match:NAME": its (fixed) tables are then the standard tables of the
-quality closest to the learned tables of NAME, an earlier JPEG-DL model of the same file. With seeds = [...],
-every trained model is trained once per seed (named NAME-sSEED); transfer_from and match: pair within a seed.
+quality closest to the learned tables of NAME, an earlier JPEG-DL model of the same file. A JPEG model (trainable,
+or the frozen control) may set jpeg_init = "sensitivity" with init_from = "NAME": its tables start from the
+sensitivity of NAME, a baseline trained earlier in the same file (largest luma step q_max, default 10), so a frozen
+control with the same keys gets JPEG-DL's very starting tables. With seeds = [...], every trained model is trained
+once per seed (named NAME-sSEED); transfer_from, match: and init_from pair within a seed.
 
 Every stage is resumable: a trained model is reused when its recipe, data and seed are unchanged (the
 checkpoint folder is keyed by a hash of them), and sweeps resume cell by cell.
@@ -35,6 +38,7 @@ from robustjpeg.io import config_hash
 
 DEFAULT_FILE = Path(__file__).resolve().parent / "suites" / "bench-quick.toml"
 MATCH = "match:"  # jpeg_quality = "match:NAME": a fixed-JPEG control matched to NAME's learned tables
+LATER_KEYS = ("q_max", "chroma_offset")  # train keys added after checkpoint folders were first keyed
 SECTION_KEYS = {
     "benchmark": {"name", "seed", "num_examples", "suites", "out", "history", "fail_on_drop", "batch_size",
                   "description", "eps", "standard_eps", "l2_eps", "standard_l2_eps", "suite_examples", "seeds"},
@@ -194,6 +198,8 @@ def _per_seed(models: list[ModelEntry], seeds: list[int], path: Path) -> list[Mo
             train = {**m.train, "seed": seed}
             if _match_source(m) is not None:
                 train["jpeg_quality"] = MATCH + at(_match_source(m), seed)
+            if "init_from" in m.train:
+                train["init_from"] = at(m.train["init_from"], seed)
             out.append(dataclasses.replace(m, name=at(m.name, seed), train=train,
                                            transfer_from=at(m.transfer_from, seed)))
     return out
@@ -208,6 +214,7 @@ def _check_models(bench: Benchmark) -> None:
             raise ConfigError(f"{bench.path}: model {m.name!r} has transfer_from = {m.transfer_from!r}, "
                               f"which is not one of {names}")
         _check_match(bench, m, bench.models[:i])
+        _check_init(bench, m, bench.models[:i])
     if bench.num_examples is not None and bench.num_examples <= 0:
         raise ConfigError(f"{bench.path}: benchmark.num_examples must be positive")
     suites = set(bench.suites) | {s for m in bench.models for s in m.suites or []}
@@ -230,6 +237,34 @@ def _check_match(bench: Benchmark, entry: ModelEntry, earlier: list[ModelEntry])
                           f"({', '.join(candidates) or 'none in this file'})")
 
 
+def _check_init(bench: Benchmark, entry: ModelEntry, earlier: list[ModelEntry]) -> None:
+    """jpeg_init = "sensitivity" goes with init_from naming an earlier trained baseline; q_max is a positive step."""
+    train = entry.train or {}
+    where = f"{bench.path}: model {entry.name!r}"
+    init, source, q_max = train.get("jpeg_init", "standard"), train.get("init_from"), train.get("q_max")
+    _typed(train.get("chroma_offset"), bool, f"{entry.name}.train.chroma_offset", bench.path)
+    if (init == "sensitivity") != (source is not None):
+        raise ConfigError(f'{where}: jpeg_init = "sensitivity" and init_from = "NAME" go together (NAME: the baseline '
+                          "trained earlier in this file whose sensitivity sets the tables)")
+    if q_max is not None and (isinstance(q_max, bool) or not isinstance(q_max, (int, float)) or q_max <= 0
+                              or init != "sensitivity"):
+        raise ConfigError(f"{where}: q_max = {q_max!r}; give a positive largest luma step (the paper: 10 for CIFAR, "
+                          f'5 for fine-grained data) with jpeg_init = "sensitivity"')
+    if source is None:
+        return
+    if train.get("variant", "baseline") == "baseline" or "jpeg_quality" in train:
+        raise ConfigError(f'{where}: jpeg_init = "sensitivity" sets the tables of a JPEG layer; give variant = "jpeg" '
+                          'or "jpeg-fixed", without jpeg_quality')
+    baselines = [m.name for m in earlier if m.train is not None and m.train.get("variant", "baseline") == "baseline"]
+    if source not in baselines:
+        names = [m.name for m in bench.models]
+        problem = ("is not a baseline trained in this file" if source in {m.name for m in earlier}
+                   else "comes later in the file (or is this model); list it first" if source in names
+                   else "names no model of this file")
+        raise ConfigError(f"{where}: init_from = {source!r} {problem}; give an earlier trained baseline "
+                          f"({', '.join(baselines) or 'none before this model'})")
+
+
 def resolve_match(entry: ModelEntry, checkpoints: dict[str, Path], log: "Log") -> ModelEntry:
     """Replace jpeg_quality = "match:NAME" by the quality closest to NAME's learned tables."""
     from robustjpeg.jpeg import matched_quality
@@ -242,6 +277,15 @@ def resolve_match(entry: ModelEntry, checkpoints: dict[str, Path], log: "Log") -
     matched = matched_quality(model.jpeg.steps())
     log(f"{entry.name}: jpeg_quality {matched}, the standard quality closest to {source}'s learned tables")
     return dataclasses.replace(entry, train={**entry.train, "jpeg_quality": matched})
+
+
+def resolve_init_from(entry: ModelEntry, checkpoints: dict[str, Path], log: Log) -> ModelEntry:
+    """Replace init_from = NAME by the path of NAME's trained checkpoint."""
+    source = (entry.train or {}).get("init_from")
+    if source is None:
+        return entry
+    log(f"{entry.name}: sensitivity tables from {source} ({checkpoints[source]})")
+    return dataclasses.replace(entry, train={**entry.train, "init_from": str(checkpoints[source])})
 
 
 class Log:
@@ -281,8 +325,7 @@ def ensure_trained(bench: Benchmark, entry: ModelEntry, models_dir: Path, device
     from robustjpeg.train import read_checkpoint, train
 
     cfg = train_config(bench, entry, device)
-    recipe = {k: v for k, v in cfg.to_dict().items() if k not in ("device", "progress", "workers", "compile")}
-    folder = models_dir / f"{entry.name}-{config_hash(recipe)}"
+    folder = models_dir / f"{entry.name}-{config_hash(_recipe_key(cfg))}"
     checkpoint = folder / "checkpoint.pt"
     if checkpoint.is_file() and read_checkpoint(checkpoint).get("complete"):
         log(f"{entry.name}: reusing trained checkpoint {checkpoint}")
@@ -291,6 +334,28 @@ def ensure_trained(bench: Benchmark, entry: ModelEntry, models_dir: Path, device
     summary = train(cfg, folder, resume=checkpoint.is_file())
     log(f"{entry.name}: trained, clean test accuracy {summary['test']['accuracy']:.4f} (n={summary['test']['n']})")
     return checkpoint
+
+
+def _recipe_key(cfg) -> dict:
+    """What keys a trained model's folder: its recipe without run-only flags. init_from counts as the source's own
+    folder name (its name and recipe key), wherever the output folder lies; keys added since folders were first keyed
+    count only when set, so earlier checkpoints keep their folders."""
+    defaults = type(cfg)()
+    recipe = {k: v for k, v in cfg.to_dict().items() if k not in ("device", "progress", "workers", "compile")
+              and not (k in LATER_KEYS and v == getattr(defaults, k))}
+    if recipe.get("init_from"):
+        recipe["init_from"] = Path(recipe["init_from"]).parent.name
+    return recipe
+
+
+def train_models(bench: Benchmark, out: Path, device: str, log: Log) -> dict[str, Path]:
+    """Train (or reuse) every trained model in file order; their checkpoints by name."""
+    checkpoints: dict[str, Path] = {}
+    for entry in bench.models:
+        if entry.train is not None:
+            entry = resolve_init_from(resolve_match(entry, checkpoints, log), checkpoints, log)
+            checkpoints[entry.name] = ensure_trained(bench, entry, out / "models", device, log)
+    return checkpoints
 
 
 def load_entry(bench: Benchmark, entry: ModelEntry, checkpoints: dict[str, Path], device: str):
@@ -389,11 +454,7 @@ def run_benchmark(bench: Benchmark, out: Path, *, device: str = "auto", suites: 
     out = Path(out)
     log(f"benchmark {bench.name!r} from {bench.path}: {len(bench.models)} model(s), data {bench.dataset}, "
         f"n={bench.num_examples}, seed {bench.seed}, device {device}, output {out}")
-    checkpoints: dict[str, Path] = {}
-    for entry in bench.models:
-        if entry.train is not None:
-            entry = resolve_match(entry, checkpoints, log)
-            checkpoints[entry.name] = ensure_trained(bench, entry, out / "models", device, log)
+    checkpoints = train_models(bench, out, device, log)
     loaded = {e.name: load_entry(bench, e, checkpoints, device) for e in bench.models}
     models = {name: m for name, (m, _) in loaded.items()}
     infos = {name: info for name, (_, info) in loaded.items()}

@@ -61,10 +61,15 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     soft = p.add_mutually_exclusive_group()
     soft.add_argument("--alpha", type=float, default=None, help="quantiser softness alpha (default 5)")
     soft.add_argument("--hardness", type=float, default=None, help="per-coefficient alpha = h / q^2 instead of --alpha")
-    p.add_argument("--jpeg-init", default="standard", help="table start: standard, constant, abs_avg, sensitivity")
+    p.add_argument("--jpeg-init", default="standard",
+                   help="table start: standard, constant, abs_avg, sensitivity (with --jpeg-fixed too: frozen tables)")
     p.add_argument("--jpeg-quality", type=int, default=None, help="quality of the standard tables for --jpeg (default 50)")
     p.add_argument("--jpeg-constant", type=float, default=None, help="step for --jpeg-init constant")
     p.add_argument("--init-from", default=None, metavar="CKPT", help="trained baseline checkpoint for --jpeg-init sensitivity")
+    p.add_argument("--q-max", type=float, default=None,
+                   help="largest luma step of the sensitivity tables (default 10, the paper's CIFAR setting; 5 for fine-grained)")
+    p.add_argument("--official-chroma-offset", action="store_true",
+                   help="add the official code's +0.5 to Cb and Cr before the DCT (removed after), as its JPEG layer does")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None, help="backbone SGD learning rate")
@@ -93,6 +98,7 @@ def _train_config(args: argparse.Namespace):
     return TrainConfig(
         dataset=args.dataset, arch=args.arch, variant=variant, jpeg_alpha=args.alpha, jpeg_hardness=args.hardness,
         jpeg_init=args.jpeg_init, jpeg_quality=quality, jpeg_constant=args.jpeg_constant, init_from=args.init_from,
+        q_max=args.q_max, chroma_offset=args.official_chroma_offset,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         milestones=args.milestones, jpeg_lr=TrainConfig.jpeg_lr if args.jpeg_lr is None else args.jpeg_lr,
         seed=args.seed, train_subset=args.train_subset, data_root=args.data_root, download=args.download,

@@ -2,7 +2,9 @@
 
 Pipeline (DESIGN.md §3): x in [0, 1] -> x255 -> JFIF full-range YCbCr (Y only for one channel) -> level shift
 -128 -> zero-pad to a multiple of 8 -> orthonormal 8x8 DCT-II -> quantiser -> inverse DCT -> crop -> RGB -> /255.
-No chroma subsampling; the output is not clamped (as in the original code).
+No chroma subsampling; the output is not clamped (as in the original code). The official code also adds 0.5 to
+the level-shifted Cb and Cr (a +4 shift of their DC coefficients before quantisation) and removes it after decoding;
+JpegLayer(chroma_offset=True) does the same, for outputs equal to the official layer's.
 
 Example::
 
@@ -35,6 +37,7 @@ INITS = ("standard", "constant", "abs_avg", "sensitivity")
 STEP_MIN, STEP_MAX = 1e-5, 255.0
 LOGIT_FLOOR = -80.0  # softmax logits below the max are floored here: weights < 2e-35 avoid slow denormals
 RANGE_TOLERANCE = 1e-5  # inputs may overshoot [0, 1] by this much (float rounding of upstream clamps)
+OFFICIAL_CHROMA_OFFSET = 0.5  # the official code adds this to level-shifted Cb, Cr (0..255 units): chroma DC +4
 
 # ITU-T T.81 Annex K.1 base tables, natural (row-major) order.
 LUMA_TABLE = (
@@ -136,18 +139,21 @@ def block_idct(coeffs: Tensor, h: int, w: int) -> Tensor:
 
 
 @lru_cache(maxsize=None)
-def _colour_maps(channels: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _colour_maps(channels: int, dtype: torch.dtype, device: torch.device,
+                 chroma_offset: float = 0.0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Affine (matrix, bias) pairs: [0, 1] pixels -> level-shifted YCbCr in 0..255 units, and back.
 
     x255, the JFIF matrix and the -128 level shift fold into one batched matrix product per direction (the chroma
-    offsets of +128 cancel against the shift). Cached per dtype and device; treat as read-only.
+    offsets of +128 cancel against the shift). `chroma_offset` is added to Cb and Cr before the DCT and removed
+    after the inverse (the official code's 0.5). Cached per dtype and device; treat as read-only.
     """
     rgb = channels == 3
     to_ycc = torch.tensor(RGB_TO_YCBCR if rgb else ((1.0,),), dtype=torch.float64) * 255
     to_rgb = torch.tensor(YCBCR_TO_RGB if rgb else ((1.0,),), dtype=torch.float64) / 255
     enc_bias = torch.zeros(channels, 1, dtype=torch.float64)
+    enc_bias[1:] = chroma_offset
+    dec_bias = 128 / 255 - to_rgb @ enc_bias
     enc_bias[0] = -128
-    dec_bias = torch.full_like(enc_bias, 128 / 255)
     return tuple(m.to(dtype=dtype, device=device) for m in (to_ycc, enc_bias, to_rgb, dec_bias))
 
 
@@ -298,7 +304,8 @@ class JpegLayer(nn.Module):
     T=1 for one channel. Steps are clamped to [1e-5, 255] in every forward. alpha is a scalar or a
     per-coefficient table; with `hardness` h set, alpha = h / q^2 instead. `mode` in {"soft","hard","ste"} may
     be changed at any time. init "abs_avg"/"sensitivity" start from standard tables; fill them with
-    init_abs_avg / init_sensitivity. Inputs must be float NCHW in [0, 1] (overshoot up to 1e-5 tolerated).
+    init_abs_avg / init_sensitivity. chroma_offset=True emulates the official code's +0.5 on Cb and Cr.
+    Inputs must be float NCHW in [0, 1] (overshoot up to 1e-5 tolerated).
     """
 
     def __init__(
@@ -313,14 +320,18 @@ class JpegLayer(nn.Module):
         quality: int = 50,
         constant: float | None = None,
         trainable: bool = True,
+        chroma_offset: bool = False,
     ) -> None:
         super().__init__()
         if channels not in (1, 3):
             raise ConfigError(f"JpegLayer supports 1 or 3 channels, got channels={channels}")
+        if chroma_offset and channels == 1:
+            raise ConfigError("chroma_offset shifts Cb and Cr, which a one-channel layer does not have; drop it")
         if not isinstance(window, int) or window < 1 or not isinstance(bits, int) or bits < 2:
             raise ConfigError(f"window must be an integer >= 1 and bits >= 2, got window={window}, bits={bits}")
         self.channels, self.window, self.bits = channels, window, bits
         self.hardness, self.init, self.quality, self.constant = hardness, init, quality, constant
+        self.chroma_offset = bool(chroma_offset)
         n_tables = 1 if channels == 1 else 2
         self.tables = nn.Parameter(_initial_tables(init, quality, constant)[:n_tables], requires_grad=trainable)
         if hardness is not None and not float(hardness) > 0:
@@ -346,13 +357,16 @@ class JpegLayer(nn.Module):
 
     def encode(self, x: Tensor) -> Tensor:
         """Images in [0, 1] -> level-shifted YCbCr DCT coefficients [N, blocks, C, 64]."""
-        matrix, bias, _, _ = _colour_maps(self.channels, x.dtype, x.device)
+        matrix, bias, _, _ = _colour_maps(self.channels, x.dtype, x.device, self._offset())
         return block_dct(_affine_channels(x, matrix, bias))
 
     def decode(self, coeffs: Tensor, h: int, w: int) -> Tensor:
         """DCT coefficients [N, blocks, C, 64] -> images in [0, 1] scale (unclamped); inverse of encode."""
-        _, _, matrix, bias = _colour_maps(self.channels, coeffs.dtype, coeffs.device)
+        _, _, matrix, bias = _colour_maps(self.channels, coeffs.dtype, coeffs.device, self._offset())
         return _affine_channels(block_idct(coeffs, h, w), matrix, bias)
+
+    def _offset(self) -> float:
+        return OFFICIAL_CHROMA_OFFSET if self.chroma_offset else 0.0
 
     def channel_steps(self, dtype: torch.dtype) -> Tensor:
         """Per-channel steps [C, 64] broadcasting over [N, blocks, C, 64]."""
@@ -388,6 +402,7 @@ class JpegLayer(nn.Module):
             "channels": self.channels, "alpha": self._alpha_config, "hardness": self.hardness,
             "window": self.window, "bits": self.bits, "mode": self.mode, "init": self.init,
             "quality": self.quality, "constant": self.constant, "trainable": self.tables.requires_grad,
+            "chroma_offset": self.chroma_offset,
         }
 
     def extra_repr(self) -> str:

@@ -15,8 +15,9 @@ from robustjpeg.jpeg import JpegLayer
 from robustjpeg.registry import Registry
 
 MODELS: Registry[nn.Module] = Registry("model")
-# baseline: no JPEG layer; jpeg: JPEG-DL, trainable tables; jpeg-fixed: the control, standard tables at a chosen
-# quality, frozen, with the same soft quantiser (switch modes with jpeg.jpeg_mode for plain hard JPEG).
+# baseline: no JPEG layer; jpeg: JPEG-DL, trainable tables; jpeg-fixed: the control, frozen tables (standard ones
+# at a chosen quality, or JPEG-DL's sensitivity start) with the same soft quantiser (switch modes with
+# jpeg.jpeg_mode for plain hard JPEG).
 VARIANTS = ("baseline", "jpeg", "jpeg-fixed")
 
 

@@ -21,7 +21,7 @@ from robustjpeg.errors import CheckpointError, ConfigError, RunFolderError
 from robustjpeg.io import (atomic_torch_save, atomic_write_json, atomic_write_text, device_description,
                            library_versions, resolve_device)
 from robustjpeg.jpeg import INITS as JPEG_INITS
-from robustjpeg.jpeg import JpegLayer, init_abs_avg, init_sensitivity
+from robustjpeg.jpeg import STEP_MAX, JpegLayer, init_abs_avg, init_sensitivity
 from robustjpeg.models import VARIANTS, JpegModel, ModelSpec, build_model, strip_prefixes
 from robustjpeg.stats import accuracy_record
 
@@ -33,8 +33,11 @@ RECIPES = {
     "cifar": {"epochs": 240, "batch_size": 64, "lr": 0.05, "weight_decay": 5e-4, "milestones": (0.625, 0.75, 0.875)},
     "fine": {"epochs": 200, "batch_size": 64, "lr": 0.1, "weight_decay": 1e-4, "milestones": (0.5, 0.75)},
 }
-# Flags that may differ between a run and its resumption.
-RESUME_FREE = ("device", "compile", "progress", "data_root", "download", "workers")
+# Flags that may differ between a run and its resumption (a resumed run takes its tables from the checkpoint, so
+# the baseline it was initialised from may have moved).
+RESUME_FREE = ("device", "compile", "progress", "data_root", "download", "workers", "init_from")
+SENSITIVITY_IMAGES = 10_000  # the official code estimates sensitivity on at least 10,000 training images
+DEFAULT_Q_MAX = 10.0  # largest luma step of the sensitivity tables: the paper's CIFAR setting (5 for fine-grained)
 
 
 @dataclass
@@ -50,6 +53,8 @@ class TrainConfig:
     jpeg_quality: int = 50
     jpeg_constant: float | None = None
     init_from: str | None = None
+    q_max: float | None = None
+    chroma_offset: bool = False
     epochs: int | None = None
     batch_size: int | None = None
     lr: float | None = None
@@ -108,14 +113,20 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError("--alpha/--hardness configure a JPEG layer; add --jpeg or --jpeg-fixed QUALITY")
     if cfg.jpeg_init not in JPEG_INITS:
         raise ConfigError(f"--jpeg-init must be one of {', '.join(JPEG_INITS)}, not {cfg.jpeg_init!r}")
-    if cfg.variant != "jpeg" and (cfg.jpeg_init != "standard" or cfg.init_from):
-        raise ConfigError("--jpeg-init/--init-from choose the trainable tables' start; they need --jpeg")
+    if cfg.variant == "baseline" and (cfg.jpeg_init != "standard" or cfg.init_from or cfg.chroma_offset):
+        raise ConfigError("--jpeg-init/--init-from/--official-chroma-offset configure a JPEG layer; "
+                          "add --jpeg or --jpeg-fixed QUALITY")
     if (cfg.jpeg_init == "constant") != (cfg.jpeg_constant is not None):
         raise ConfigError("--jpeg-init constant and --jpeg-constant STEP go together")
     if (cfg.jpeg_init == "sensitivity") != bool(cfg.init_from):
         raise ConfigError("--jpeg-init sensitivity and --init-from BASELINE_CHECKPOINT go together")
     if cfg.init_from and not Path(cfg.init_from).is_file():
         raise ConfigError(f"--init-from {cfg.init_from} is not a file; pass a trained baseline checkpoint.pt")
+    if cfg.q_max is not None and cfg.jpeg_init != "sensitivity":
+        raise ConfigError("--q-max sets the largest luma step of the sensitivity tables; it needs --jpeg-init sensitivity")
+    if cfg.q_max is not None and not 0 < cfg.q_max <= STEP_MAX:
+        raise ConfigError(f"--q-max must lie in (0, {STEP_MAX:g}] (the paper uses 10 for CIFAR, 5 for fine-grained "
+                          f"data), got {cfg.q_max}")
     if not 1 <= cfg.jpeg_quality <= 100:
         raise ConfigError(f"JPEG quality must lie in 1..100, got {cfg.jpeg_quality}")
     for name in ("epochs", "batch_size"):
@@ -136,34 +147,54 @@ def make_spec(cfg: TrainConfig, ds: Dataset) -> ModelSpec:
     jpeg = None
     if cfg.variant != "baseline":
         trainable = cfg.variant == "jpeg"
-        init = cfg.jpeg_init if trainable else "standard"
         layer = JpegLayer(channels=ds.in_channels, alpha=5.0 if cfg.jpeg_alpha is None else cfg.jpeg_alpha,
-                          hardness=cfg.jpeg_hardness, init=init, quality=cfg.jpeg_quality,
-                          constant=cfg.jpeg_constant, trainable=trainable)
+                          hardness=cfg.jpeg_hardness, init=cfg.jpeg_init, quality=cfg.jpeg_quality,
+                          constant=cfg.jpeg_constant, trainable=trainable, chroma_offset=cfg.chroma_offset)
         jpeg = {**layer.config(), "trainable": trainable}
     return ModelSpec(cfg.arch, len(ds.classes), ds.in_channels, tuple(ds.mean), tuple(ds.std), ds.input_size, jpeg)
 
 
 def init_tables(model: JpegModel, cfg: TrainConfig, ds: Dataset, device: torch.device) -> None:
-    """Data-driven table starts: abs_avg from training images, sensitivity from a trained baseline."""
-    if cfg.variant != "jpeg" or cfg.jpeg_init not in ("abs_avg", "sensitivity"):
+    """Data-driven table starts, trainable or frozen: abs_avg from training images, sensitivity from a trained baseline.
+
+    Sensitivity, as in the official code: mean squared loss gradient per DCT coefficient of the baseline over
+    min(10,000, all) of the run's training images (its train_subset when set), steps ~ 1/sensitivity with the
+    largest luma step q_max. A frozen control with the same recipe and init_from gets the very same tables.
+    """
+    if cfg.variant == "baseline" or cfg.jpeg_init not in ("abs_avg", "sensitivity"):
         return
-    x, y = _sample_batch(ds, min(1024, len(ds.train)), cfg.seed)
     if cfg.jpeg_init == "abs_avg":
+        x, _ = _sample_batch(ds, min(1024, len(ds.train)), cfg.seed)
         init_abs_avg(model.jpeg, x.to(device))
         return
     baseline, spec, _ = load_trained(cfg.init_from, device)
     if spec.jpeg is not None:
         raise ConfigError(f"--init-from {cfg.init_from} is a {spec.variant} model; sensitivity needs a baseline")
-    init_sensitivity(model.jpeg, baseline, x.to(device), y.to(device))
+    pool = training_indices(ds, cfg)
+    with torch.random.fork_rng(devices=[]):  # random crops of file data repeat, and leave training's RNG alone
+        torch.manual_seed(cfg.seed)
+        x, y = _sample_batch(ds, min(SENSITIVITY_IMAGES, len(pool)), cfg.seed, pool)
+    init_sensitivity(model.jpeg, baseline, x.to(device), y.to(device),
+                     q_max=DEFAULT_Q_MAX if cfg.q_max is None else cfg.q_max)
 
 
-def _sample_batch(ds: Dataset, n: int, seed: int) -> tuple[Tensor, Tensor]:
-    idx = stratified_indices(ds.train.y, n, seed)
+def _sample_batch(ds: Dataset, n: int, seed: int, pool: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """n class-stratified training images in [0, 1] with labels, drawn from `pool` (training indices; default all)."""
+    pool = torch.arange(len(ds.train)) if pool is None else pool
+    idx = pool[stratified_indices(ds.train.y[pool], n, seed)]
     if isinstance(ds.train, TensorSplit):
         return ds.train.x[idx].float() / 255.0, ds.train.y[idx]
     items = [ds.train[i] for i in idx.tolist()]
     return torch.stack([a for a, _ in items]), torch.tensor([b for _, b in items])
+
+
+def training_indices(ds: Dataset, cfg: TrainConfig) -> Tensor:
+    """Indices of the training images a run uses: all of them, or its fixed stratified train_subset."""
+    if cfg.train_subset is None:
+        return torch.arange(len(ds.train))
+    if cfg.train_subset > len(ds.train):
+        raise ConfigError(f"--train-subset {cfg.train_subset} exceeds the {len(ds.train)} training images")
+    return stratified_indices(ds.train.y, cfg.train_subset, cfg.seed)
 
 
 def make_optimisers(model: JpegModel, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
@@ -192,11 +223,7 @@ class Batches:
                  launch: distributed.Launch = distributed.Launch()) -> None:
         self.family, self.batch_size, self.device, self.workers = ds.family, cfg.batch_size, device, cfg.workers
         self.launch = launch
-        idx = torch.arange(len(ds.train))
-        if cfg.train_subset is not None:
-            if cfg.train_subset > len(ds.train):
-                raise ConfigError(f"--train-subset {cfg.train_subset} exceeds the {len(ds.train)} training images")
-            idx = stratified_indices(ds.train.y, cfg.train_subset, cfg.seed)
+        idx = training_indices(ds, cfg)
         self.split, self.idx = ds.train, idx
         if isinstance(ds.train, TensorSplit):
             self.x = ds.train.x[idx].to(device)
@@ -338,12 +365,16 @@ def _set_rng_state(gen: torch.Generator, state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(path: Path, model: JpegModel, spec: ModelSpec, cfg: TrainConfig, epoch: int, opts: list,
-                    gen: torch.Generator, history: list[dict]) -> None:
-    """Everything to rebuild the model and continue training, as tensors and plain types (weights_only-safe)."""
+                    gen: torch.Generator, history: list[dict], start_tables: list | None = None) -> None:
+    """Everything to rebuild the model and continue training, as tensors and plain types (weights_only-safe).
+
+    start_tables: the JPEG steps [T][8][8] the run started from (None without a JPEG layer).
+    """
     atomic_torch_save({
         "schema": SCHEMA, "model_spec": spec.to_dict(), "state_dict": model.state_dict(),
         "complete": epoch == cfg.epochs, "epoch": epoch, "train_config": cfg.to_dict(),
         "optimisers": [opt.state_dict() for opt in opts], "rng": _rng_state(gen), "history": history,
+        "jpeg_start_tables": start_tables,
     }, path)
 
 
@@ -401,15 +432,21 @@ def _same_recipe(cfg: TrainConfig, stored: dict[str, Any], path: Path) -> None:
                           "repeat the original flags or start a new run in another folder")
 
 
-def _restore(path: Path, cfg: TrainConfig, model: JpegModel, opts: list, gen: torch.Generator) -> list[dict]:
-    """Load weights, optimiser and RNG states from a checkpoint of the same recipe; returns the epoch history."""
+def _restore(path: Path, cfg: TrainConfig, model: JpegModel, opts: list,
+             gen: torch.Generator) -> tuple[list[dict], list | None]:
+    """Load weights, optimiser and RNG states from a checkpoint of the same recipe: (epoch history, start tables)."""
     ckpt = read_checkpoint(path)
     _same_recipe(cfg, ckpt["train_config"], path)
     model.load_state_dict(ckpt["state_dict"])
     for opt, state in zip(opts, ckpt["optimisers"]):
         opt.load_state_dict(state)
     _set_rng_state(gen, ckpt["rng"])
-    return list(ckpt["history"])
+    return list(ckpt["history"]), ckpt.get("jpeg_start_tables")
+
+
+def _steps(model: JpegModel) -> list | None:
+    """The JPEG layer's current steps as nested lists [T][8][8]; None without a layer."""
+    return None if model.jpeg is None else model.jpeg.steps().detach().cpu().tolist()
 
 
 def train(cfg: TrainConfig, out: Path, resume: bool = False) -> dict[str, Any]:
@@ -427,13 +464,14 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     spec = make_spec(cfg, ds)
     model = build_model(spec).to(device)
-    init_tables(model, cfg, ds, device)
+    if not resume:  # a resumed run takes its tables from the checkpoint
+        init_tables(model, cfg, ds, device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
     opts = make_optimisers(model, cfg)
     gen = torch.Generator().manual_seed(cfg.seed)
-    history = _restore(ckpt_path, cfg, model, opts, gen) if resume else []
+    history, start = _restore(ckpt_path, cfg, model, opts, gen) if resume else ([], _steps(model))
     main = launch.rank == 0
     if main:
         out.mkdir(parents=True, exist_ok=True)
@@ -454,11 +492,11 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False) -> dict[str, Any]:
         history.append({"epoch": epoch + 1, "lr": backbone_lr(cfg, epoch), **stats, "test_correct": correct,
                         "test_n": n, "test_acc": correct / n, **_table_summary(model)})
         if main:
-            save_checkpoint(ckpt_path, model, spec, cfg, epoch + 1, opts, gen, history)
+            save_checkpoint(ckpt_path, model, spec, cfg, epoch + 1, opts, gen, history, start)
             atomic_write_text(out / "metrics.jsonl", "".join(_json_line(h) for h in history))
             _log(history[-1], cfg.epochs)
     distributed.barrier()
-    return _finish(out, model, spec, cfg, ds, device, ckpt_path, history, time.perf_counter() - started, main)
+    return _finish(out, model, spec, cfg, ds, device, ckpt_path, history, time.perf_counter() - started, main, start)
 
 
 def _parallel(model: JpegModel, cfg: TrainConfig, device: torch.device) -> nn.Module:
@@ -484,7 +522,8 @@ def _log(record: dict, epochs: int) -> None:
 
 
 def _finish(out: Path, model: JpegModel, spec: ModelSpec, cfg: TrainConfig, ds: Dataset, device: torch.device,
-            ckpt_path: Path, history: list[dict], wall: float, write: bool = True) -> dict[str, Any]:
+            ckpt_path: Path, history: list[dict], wall: float, write: bool = True,
+            start_tables: list | None = None) -> dict[str, Any]:
     """Write summary.json; the final test accuracy is the last epoch's (the weights are the same).
 
     wall_time_s is this invocation's; train_time_s and passes add up every epoch, resumed ones included.
@@ -503,6 +542,7 @@ def _finish(out: Path, model: JpegModel, spec: ModelSpec, cfg: TrainConfig, ds: 
     }
     if model.jpeg is not None:
         summary["jpeg_tables"] = model.jpeg.export_qtables()
+        summary["jpeg_start_tables"] = start_tables
     if write:
         atomic_write_json(out / "summary.json", summary)
     return summary

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import json
 import shutil
 from pathlib import Path
@@ -11,7 +13,7 @@ import pytest
 import torch
 
 from conftest import one_thread
-from robustjpeg.bench import DEFAULT_FILE, load_benchmark, train_config
+from robustjpeg.bench import DEFAULT_FILE, Log, load_benchmark, train_config, train_models
 from robustjpeg.cli import EXIT_CRASH, EXIT_REGRESSION, EXIT_USAGE, main
 from robustjpeg.errors import ConfigError
 from robustjpeg.jpeg import CHROMA_TABLE, LUMA_TABLE
@@ -183,16 +185,92 @@ def test_bad_seeds_matches_and_suite_sizes_are_refused(tmp_path, change, named):
         load_benchmark(path)
 
 
+PAPER_INIT = """
+[benchmark]
+name = "paper-init"
+num_examples = 20
+#SEEDS
+
+[data]
+dataset = "mnist5k"
+
+[[models]]
+name = "baseline"
+train = { arch = "smallcnn", epochs = 1, train_subset = 1500 }
+
+[[models]]
+name = "jpeg-dl"
+train = { arch = "smallcnn", variant = "jpeg", epochs = 1, train_subset = 1500, jpeg_init = "sensitivity", DL_INIT }
+
+[[models]]
+name = "control"
+train = { arch = "smallcnn", variant = "jpeg-fixed", epochs = 1, train_subset = 1500, jpeg_init = "sensitivity", CONTROL_INIT }
+"""
+SOURCE = 'init_from = "baseline", q_max = 8.0'
+
+
+def _paper_init(tmp_path: Path, dl: str = SOURCE, control: str = SOURCE, seeds: str = "") -> Path:
+    """A benchmark of a baseline, JPEG-DL from its sensitivity and the frozen control with the same init."""
+    path = tmp_path / "paper-init.toml"
+    path.write_text(PAPER_INIT.replace("DL_INIT", dl).replace("CONTROL_INIT", control).replace("#SEEDS", seeds))
+    return path
+
+
+def _tables(checkpoint: dict) -> torch.Tensor:
+    return next(v for k, v in checkpoint["state_dict"].items() if k.endswith("tables"))
+
+
+def test_sensitivity_control_starts_from_jpeg_dl_tables_and_keeps_them_while_jpeg_dl_learns(tmp_path):
+    bench = load_benchmark(_paper_init(tmp_path))
+    with one_thread():
+        checkpoints = train_models(bench, tmp_path / "out", "cpu", Log(io.StringIO()))
+    dl, control = (torch.load(checkpoints[name], weights_only=True) for name in ("jpeg-dl", "control"))
+    start = torch.tensor(dl["jpeg_start_tables"])
+    assert dl["train_config"]["init_from"] == control["train_config"]["init_from"] == str(checkpoints["baseline"])
+    assert float(start.max()) == pytest.approx(8.0), "the largest luma step of the sensitivity tables is q_max"
+    assert torch.equal(torch.tensor(control["jpeg_start_tables"]), start), "the control started from other tables"
+    assert torch.equal(_tables(control), start), "the frozen control's tables moved in training"
+    moved = float((_tables(dl) - start).abs().max())
+    assert moved > 1e-3, f"JPEG-DL's tables did not learn (largest change {moved:.2e})"
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"dl": 'init_from = "nobody"'}, "names no model"),
+    ({"dl": 'init_from = "control"'}, "comes later"),
+    ({"control": 'init_from = "jpeg-dl"'}, "not a baseline"),
+    ({"dl": "q_max = 8.0"}, "go together"),
+    ({"dl": 'init_from = "baseline", q_max = 0'}, "q_max = 0"),
+], ids=["unknown-name", "later-model", "not-a-baseline", "sensitivity-without-init-from", "q-max-zero"])
+def test_bad_init_from_and_q_max_are_refused_when_the_file_loads(tmp_path, changes, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        load_benchmark(_paper_init(tmp_path, **changes))
+    assert "\n" not in str(err.value) and "paper-init.toml" in str(err.value)
+
+
+def test_init_from_pairs_within_a_seed(tmp_path):
+    bench = load_benchmark(_paper_init(tmp_path, seeds="seeds = [0, 1]"))
+    sources = {m.name: m.train.get("init_from") for m in bench.models}
+    assert sources == {"baseline-s0": None, "jpeg-dl-s0": "baseline-s0", "control-s0": "baseline-s0",
+                       "baseline-s1": None, "jpeg-dl-s1": "baseline-s1", "control-s1": "baseline-s1"}
+
+
 BENCHMARK_FILES = [p for p in sorted((Path(__file__).resolve().parents[1] / "attacks").glob("*.toml"))
                    if "[benchmark]" in p.read_text()]
+FAMILIES = {"mnist5k": "mnist", "flowers102": "fine"}  # every other committed benchmark trains on CIFAR-10 JPEG
 
 
 @pytest.mark.parametrize("path", BENCHMARK_FILES, ids=lambda p: p.name)
 def test_every_committed_benchmark_file_loads_and_its_recipes_resolve(path):
     bench = load_benchmark(path)
     for entry in bench.models:
-        if entry.train is not None and not str(entry.train.get("jpeg_quality", "")).startswith("match:"):
-            train_config(bench, entry, "cpu").resolved("mnist" if bench.dataset.startswith("mnist") else "cifar")
+        if entry.train is None:
+            continue
+        train = dict(entry.train)
+        if str(train.get("jpeg_quality", "")).startswith("match:"):
+            train["jpeg_quality"] = 50  # resolved from the source model once it is trained
+        if "init_from" in train:
+            train["init_from"] = str(path)  # any existing file stands in for the source's checkpoint
+        train_config(bench, dataclasses.replace(entry, train=train), "cpu").resolved(FAMILIES.get(bench.dataset, "cifar"))
 
 
 def test_a_loaded_model_with_the_wrong_class_count_is_refused_before_any_sweep(tmp_path, capsys):

@@ -8,6 +8,7 @@ import re
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 from torch.func import functional_call
@@ -232,6 +233,60 @@ def test_fused_encode_decode_equal_colour_conversion_then_block_dct(crops):
     torch.testing.assert_close(ycbcr_to_rgb(rgb_to_ycbcr(x)), x)
 
 
+W_R, W_G, W_B = 0.299, 0.587, 0.114  # BT.601 luma weights, from which the official code derives its colour maps
+
+
+def official_layer_reference(x: torch.Tensor, tables: torch.Tensor, alpha: float) -> torch.Tensor:
+    """The official JPEG_layer's forward written from its formulas: level shift in RGB, YCbCr with +0.5 on Cb and Cr,
+    zero-padded 8x8 blocks through the cosine-defined DCT, Q_d over round(z/q) - 2 .. + 2 (indices within +-127),
+    inverse DCT, -0.5 on Cb and Cr, RGB, +128, /255."""
+    r, g, b = (x * 255 - 128).unbind(1)
+    luma = W_R * r + W_G * g + W_B * b
+    ycc = torch.stack([luma, (b - luma) / (2 * (1 - W_B)) + 0.5, (r - luma) / (2 * (1 - W_R)) + 0.5], 1)
+    n, c, h, w = ycc.shape
+    blocks = F.pad(ycc, (0, -w % 8, 0, -h % 8)).unfold(2, 8, 8).unfold(3, 8, 8)  # [n, c, rows, cols, 8, 8]
+    k = torch.arange(8, dtype=x.dtype)
+    scale = torch.full((8, 1), (2 / 8) ** 0.5, dtype=x.dtype)
+    scale[0] = (1 / 8) ** 0.5
+    basis = scale * torch.cos((2 * k[None, :] + 1) * k[:, None] * np.pi / 16)  # [frequency, position]
+    z = basis @ blocks @ basis.T
+    q = tables[[0, 1, 1]].view(1, 3, 1, 1, 8, 8)
+    first = (torch.round(z / q) - 2).clamp(-127, 127 - 4).detach()
+    recon = (first.unsqueeze(-1) + torch.arange(5, dtype=x.dtype)) * q.unsqueeze(-1)
+    weights = torch.softmax(-alpha * (recon - z.unsqueeze(-1)) ** 2, dim=-1)
+    pixels = basis.T @ (weights * recon).sum(-1) @ basis
+    rows, cols = blocks.shape[2] * 8, blocks.shape[3] * 8
+    luma, cb, cr = pixels.permute(0, 1, 2, 4, 3, 5).reshape(n, c, rows, cols)[:, :, :h, :w].unbind(1)
+    cb, cr = cb - 0.5, cr - 0.5
+    rgb = torch.stack([luma + 2 * (1 - W_R) * cr,
+                       luma - 2 * (1 - W_R) * W_R / W_G * cr - 2 * (1 - W_B) * W_B / W_G * cb,
+                       luma + 2 * (1 - W_B) * cb], 1)
+    return (rgb + 128) / 255
+
+
+def test_chroma_offset_reproduces_the_official_layer_outputs_and_gradients_in_float64(crops):
+    x = to_tensor(crops[1][100:122, 60:97]).double().requires_grad_()  # 22 x 37: padded blocks on both axes
+    steps = standard_tables(90).double() + torch.rand(2, 8, 8, dtype=torch.float64)  # steps 2..11: soft and hard
+    layers = {flag: JpegLayer(alpha=5.0, chroma_offset=flag).double() for flag in (True, False)}
+    for layer in layers.values():
+        layer.tables.data.copy_(steps)
+    tables = steps.clone().requires_grad_()
+    reference = official_layer_reference(x, tables, 5.0)
+    ours = layers[True](x)
+    # Our colour constants carry 9 digits (equal to the derived ones in float32); in float64 they differ by ~3e-10,
+    # which the near-hard steps amplify in the input gradient to about 1e-6 of its largest entry.
+    torch.testing.assert_close(ours, reference, rtol=0, atol=1e-8)
+    upstream = torch.randn_like(reference)
+    ref_grads = torch.autograd.grad((reference * upstream).sum(), (x, tables))
+    our_grads = torch.autograd.grad((ours * upstream).sum(), (x, layers[True].tables))
+    for mine, theirs, name in zip(our_grads, ref_grads, ("input", "tables")):
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-5 * float(theirs.abs().max()),
+                                   msg=f"the {name} gradient differs from the official formula's")
+    gap = float((layers[False](x) - reference).abs().max())
+    assert gap > 1e-4, f"without the offset the layer should differ from the official one, max gap {gap:.2e}"
+    assert layers[True].config()["chroma_offset"] and not layers[False].config()["chroma_offset"]
+
+
 def test_block_dct_matches_scipy_dctn():
     fft = pytest.importorskip("scipy.fft")
     x = torch.rand(1, 1, 8, 16, dtype=torch.float64)
@@ -306,6 +361,8 @@ def test_bad_configuration_is_rejected():
         JpegLayer(alpha=torch.ones(4, 4))
     with pytest.raises(ConfigError, match="hardness"):
         JpegLayer(hardness=0.0)
+    with pytest.raises(ConfigError, match="chroma_offset"):
+        JpegLayer(channels=1, chroma_offset=True)
 
 
 def test_matched_quality_recovers_every_distinct_standard_table_and_refuses_bad_tables():

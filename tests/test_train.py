@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from robustjpeg import cli
+from robustjpeg import train as train_stage
 from robustjpeg.data import load_dataset
 from robustjpeg.errors import CheckpointError, ConfigError, RunFolderError
 from robustjpeg.jpeg import standard_tables
@@ -102,6 +103,22 @@ def test_data_driven_table_inits_replace_the_standard_start(init, mnist_baseline
         assert float(steps.max()) == pytest.approx(10.0), "sensitivity steps should top out at q_max = 10"
 
 
+def test_sensitivity_is_estimated_on_all_training_images_up_to_ten_thousand(mnist_baseline_run, monkeypatch):
+    seen = []
+    monkeypatch.setattr(train_stage, "init_sensitivity",
+                        lambda layer, model, x, y, q_max: seen.append((len(x), torch.bincount(y).tolist(), q_max)))
+    ds = load_dataset("mnist5k")
+    for subset, cap in ((None, 10_000), (1500, 10_000), (None, 1000)):
+        monkeypatch.setattr(train_stage, "SENSITIVITY_IMAGES", cap)
+        cfg = TrainConfig(variant="jpeg-fixed", jpeg_init="sensitivity", init_from=mnist_baseline_run["checkpoint"],
+                          q_max=5, train_subset=subset, device="cpu").resolved(ds.family)
+        init_tables(build_model(make_spec(cfg, ds)), cfg, ds, torch.device("cpu"))
+    sizes = [n for n, _, _ in seen]
+    assert sizes == [len(ds.train), 1500, 1000], f"sensitivity images per run: {sizes}"
+    assert all(q_max == 5 for _, _, q_max in seen)
+    assert max(seen[2][1]) - min(seen[2][1]) <= 1, "a capped sample should keep the classes balanced"
+
+
 def test_sensitivity_init_refuses_a_jpeg_checkpoint(mnist_jpeg_run):
     ds = load_dataset("mnist5k")
     cfg = TrainConfig(variant="jpeg", jpeg_init="sensitivity", init_from=mnist_jpeg_run["checkpoint"],
@@ -176,6 +193,10 @@ def test_existing_run_needs_resume_and_resume_needs_the_same_recipe(mnist_baseli
 @pytest.mark.parametrize("flags, message", [
     (["--alpha", "5"], "--jpeg"),
     (["--jpeg", "--jpeg-init", "sensitivity"], "--init-from"),
+    (["--jpeg", "--q-max", "5"], "needs --jpeg-init sensitivity"),
+    (["--jpeg", "--jpeg-init", "sensitivity", "--init-from", __file__, "--q-max", "0"], "--q-max must lie in"),
+    (["--official-chroma-offset"], "add --jpeg"),
+    (["--jpeg", "--official-chroma-offset"], "one-channel"),
     (["--jpeg-fixed", "50", "--jpeg-quality", "75"], "drop --jpeg-quality"),
     (["--jpeg-quality", "75"], "needs --jpeg"),
     (["--jpeg-fixed", "75", "--jpeg-lr", "0.01"], "needs --jpeg"),

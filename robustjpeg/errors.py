@@ -30,3 +30,11 @@ class CheckpointError(RobustJpegError):
 
 class RunFolderError(RobustJpegError):
     """A run folder that is missing files or holds unreadable results."""
+
+
+class FolderLocked(RobustJpegError):
+    """Another live process holds the lock of the output folder a command would write into."""
+
+
+class RobustJpegWarning(UserWarning):
+    """Something to act on that does not stop the run (a skipped file, a model that misses its data); one line."""

@@ -13,7 +13,7 @@ from robustjpeg import formatting as fmt
 from robustjpeg import plots
 from robustjpeg.io import atomic_write_json, atomic_write_text
 from robustjpeg.results import robust_record
-from robustjpeg.runs import Run, load_runs, record_at
+from robustjpeg.runs import Run, load_runs, model_labels, record_at
 
 AUTOATTACK_KINDS = ("autoattack",)  # the official AutoAttack (pyautoattack); torchattacks' 10-step copy is not one
 CURVES, BARS, TREND = "accuracy-vs-budget.png", "clean-vs-robust.png", "trend.png"
@@ -67,15 +67,16 @@ def _title(runs: list[Run]) -> str:
 MASKING_CHECKS = ("iterative_beats_single_step", "blackbox_weaker_than_whitebox", "bpda_not_stronger")
 
 
-def masked_models(runs: list[Run]) -> set[str]:
-    """Models one of whose runs found masked gradients: their plain-gradient figures overstate robustness in every run."""
-    return {r.model for r in runs for c in r.checks if c.get("status") == "FAIL" and c.get("name") in MASKING_CHECKS}
+def masked_models(runs: list[Run]) -> set[tuple[str, str | None]]:
+    """Models (identities) one of whose runs found masked gradients: their plain-gradient figures overstate
+    robustness in every run of that model."""
+    return {r.identity for r in runs for c in r.checks if c.get("status") == "FAIL" and c.get("name") in MASKING_CHECKS}
 
 
 def _warning(runs: list[Run]) -> str:
     bad = [r.label for r in runs if r.unreliable]
     masked = masked_models(runs)
-    over = [r.label for r in runs if not r.unreliable and r.model in masked]
+    over = [r.label for r in runs if not r.unreliable and r.identity in masked]
     lines = []
     if bad:
         lines.append(f"> **Unreliable:** {', '.join(bad)}: a sanity check FAILED (see [Sanity checks](#sanity-checks)), "
@@ -87,12 +88,12 @@ def _warning(runs: list[Run]) -> str:
     return "\n>\n".join(lines)
 
 
-def _check_summary(run: Run, masked: set[str]) -> str:
+def _check_summary(run: Run, masked: set[tuple[str, str | None]]) -> str:
     counts = {s: sum(c.get("status") == s for c in run.checks) for s in ("PASS", "WARN", "FAIL", "SKIP")}
     text = ", ".join(f"{k} {s}" for s, k in counts.items() if k) or "no checks recorded"
     if run.unreliable:
         return f"**unreliable** ({text})"
-    return f"**overstated** ({text}; another suite found masked gradients)" if run.model in masked else f"reliable ({text})"
+    return f"**overstated** ({text}; another suite found masked gradients)" if run.identity in masked else f"reliable ({text})"
 
 
 def _summary(runs: list[Run]) -> str:
@@ -125,10 +126,10 @@ def combined_worst_case(runs: list[Run]) -> dict[tuple[str, float], dict]:
 
 
 def _suite_groups(runs: list[Run]) -> dict[str, list[Run]]:
-    """Runs of each model that was swept with several suites sharing samples."""
-    groups: dict[str, list[Run]] = {}
+    """Runs of each model (by identity, labelled) that was swept with several suites sharing samples."""
+    labels, groups = model_labels(runs), {}
     for run in runs:
-        groups.setdefault(run.model, []).append(run)
+        groups.setdefault(labels[run.identity], []).append(run)
     return {m: g for m, g in groups.items() if len(g) > 1 and len(shared_samples(g)) > 0}
 
 

@@ -14,6 +14,7 @@ from robustjpeg.attacks import Suite, load_suite
 from robustjpeg.cli import EXIT_CHECK_FAILED, EXIT_OK, EXIT_USAGE, main
 from robustjpeg.data import eval_tensors, load_dataset
 from robustjpeg.errors import BadInput, RunFolderError
+from robustjpeg.io import file_sha256
 from robustjpeg.results import cell_metas, read_run
 from robustjpeg.sweep import reference_sweep, run_sweep
 from sweep_models import eval_set, suite_toml, trained_cnn, write_suite
@@ -163,10 +164,11 @@ def test_sweep_command_wires_model_data_suite_and_eps_override(tmp_path, monkeyp
     torch.jit.trace(trained_cnn(), x).save(str(tmp_path / "tiny.pt"))
     suite = write_suite(tmp_path, suite_toml(["0", "0.3"], FGSM))
     code = main(["sweep", str(tmp_path / "tiny.pt"), "--dataset", "mnist5k", "-n", "20", "--suite", str(suite), "--eps", "0,0.1",
-                 "-o", str(tmp_path / "run"), "--device", "cpu"])
+                 "--standard-eps", "0.1", "-o", str(tmp_path / "run"), "--device", "cpu"])
     run = read_run(tmp_path / "run")
-    assert code in (EXIT_OK, EXIT_CHECK_FAILED) and run.results["n"] == 20 and run.results["model"] == "tiny"
-    assert sorted({c["eps"] for c in run.results["cells"]}) == [0.0, 0.1]
+    assert code in (EXIT_OK, EXIT_CHECK_FAILED) and run.results["n"] == 20
+    assert run.results["model"] == f"tiny-{file_sha256(tmp_path / 'tiny.pt')[:8]}"
+    assert sorted({c["eps"] for c in run.results["cells"]}) == [0.0, 0.1] and run.results["standard_eps"] == 0.1
     expected = eval_tensors(load_dataset("mnist5k"), 20, 0)[2].numpy()
     assert run.run["dataset"] == "mnist5k" and np.array_equal(run.samples["indices"], expected)
 

@@ -211,12 +211,11 @@ def _sweep(args: argparse.Namespace, place) -> tuple[dict, Path]:
     from robustjpeg.sweep import run_sweep
 
     launch()  # under torchrun: join the process group and pick this rank's GPU before anything touches CUDA
-    suite = load_suite(args.suite or "quick")
+    data = load_dataset(args.dataset, args.data_root, args.download)
+    suite = fit_suite(load_suite(args.suite or "quick"), args.suite or "quick", data.family, args.eps, args.standard_eps)
     device = resolve_device(args.device)
     model, info = _load(args, device)
     source = load_model(args.transfer_from, device=device)[0] if args.transfer_from else None
-    data = load_dataset(args.dataset, args.data_root, args.download)
-    suite = fit_suite(suite, args.suite or "quick", data.family, args.eps, args.standard_eps)
     x, y, indices = eval_tensors(data, args.num_examples, args.seed)
     model = fit_to_data(model, info, x[:2].to(device), len(data.classes), args.dataset)
     probe_model(model, info, x, y, len(data.classes), args.dataset, device)

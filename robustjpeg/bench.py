@@ -397,10 +397,7 @@ def one_writer(out: Path):
 def run_benchmark(bench: Benchmark, out: Path, *, device: str = "auto", suites: list[str] | None = None,
                   eps: list[float] | None = None, progress: bool | None = None, log: Log | None = None) -> Outcome:
     """Train, sweep, report and compare: the whole nightly job, resumable at every stage, one writer per folder."""
-    from robustjpeg.distributed import launch
-
-    launch()  # under torchrun: join the process group and pick this rank's GPU first
-    with one_writer(Path(out)):
+    with one_writer(Path(out)):  # under torchrun this first joins the process group and picks this rank's GPU
         return _run(bench, Path(out), device, suites, eps, progress, log or Log())
 
 

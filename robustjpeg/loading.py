@@ -296,17 +296,23 @@ def _code_refusal(path: Path, name: str) -> str:
 def pickle_globals(path: Path) -> list[str]:
     """The callables a checkpoint's pickle would import (GLOBAL, STACK_GLOBAL), beyond plain weights; never unpickled."""
     import io
-    import pickletools
 
     try:
         with zipfile.ZipFile(path) as archive:
-            blobs = [archive.read(n) for n in archive.namelist() if n.endswith(".pkl")]
+            return _scan([io.BytesIO(archive.read(n)) for n in archive.namelist() if n.endswith(".pkl")])
     except zipfile.BadZipFile:
-        blobs = [path.read_bytes()]
+        with open(path, "rb") as fh:
+            return _scan([fh])
+
+
+def _scan(streams) -> list[str]:
+    import pickletools
+
     names = []
-    for blob in blobs:
-        stream = io.BytesIO(blob)
-        while stream.tell() < len(blob):  # the legacy format holds several pickles in a row, then raw tensor bytes
+    for stream in streams:
+        size = stream.seek(0, 2)
+        stream.seek(0)
+        while stream.tell() < size:  # the legacy format holds several pickles in a row, then raw tensor bytes
             try:
                 names += _globals_in(pickletools.genops(stream))
             except (ValueError, EOFError, IndexError):
@@ -348,9 +354,8 @@ def _load_ours(path: Path, ckpt: dict, arch, mean, std, info: dict) -> tuple[nn.
     _refuse_normalisation(mean, std, "robustjpeg checkpoints (normalisation is stored inside)")
     stem = path.resolve().parent.name if path.stem == "checkpoint" else path.stem  # train -o DIR writes DIR/checkpoint.pt
     info.update(name=file_label(stem, info["sha256"]), format="robustjpeg", arch=spec.arch, spec=spec.to_dict(),
-                num_classes=spec.num_classes,
-                mean=list(spec.mean), std=list(spec.std), input_size=spec.input_size, complete=ckpt.get("complete"),
-                epoch=ckpt.get("epoch"))
+                num_classes=spec.num_classes, mean=list(spec.mean), std=list(spec.std), input_size=spec.input_size,
+                complete=ckpt.get("complete"), epoch=ckpt.get("epoch"))
     return model, info
 
 

@@ -188,18 +188,33 @@ def test_every_committed_benchmark_file_loads_and_its_recipes_resolve(path):
             train_config(bench, entry, "cpu").resolved("mnist" if bench.dataset.startswith("mnist") else "cifar")
 
 
+def _bench_of_one(tmp_path: Path, name: str, checkpoint: Path) -> int:
+    """Run a benchmark that loads one model from a file; the exit code."""
+    path = tmp_path / "bench.toml"
+    path.write_text(f'[data]\ndataset = "mnist5k"\n\n[[models]]\nname = "{name}"\n'
+                    f'load = {{ source = "{checkpoint.as_posix()}" }}\n')
+    return main(["bench", str(path), "-o", str(tmp_path / "out"), "--device", "cpu"])
+
+
 def test_a_loaded_model_with_the_wrong_class_count_is_refused_before_any_sweep(tmp_path, capsys):
     from robustjpeg.models import ModelSpec, build_model
 
     spec = ModelSpec(arch="smallcnn", num_classes=7, in_channels=1, mean=(0.13,), std=(0.31,), input_size=28)
     torch.save({"schema": "robustjpeg.checkpoint/1", "model_spec": spec.to_dict(),
                 "state_dict": build_model(spec).state_dict(), "complete": True, "epoch": 1}, tmp_path / "seven.pt")
-    path = tmp_path / "bench.toml"
-    path.write_text(f'[data]\ndataset = "mnist5k"\n\n[[models]]\nname = "seven"\n'
-                    f'load = {{ source = "{(tmp_path / "seven.pt").as_posix()}" }}\n')
-    assert main(["bench", str(path), "-o", str(tmp_path / "out"), "--device", "cpu"]) == EXIT_USAGE
+    assert _bench_of_one(tmp_path, "seven", tmp_path / "seven.pt") == EXIT_USAGE
     assert "has 10 classes" in capsys.readouterr().err
     assert not list((tmp_path / "out").glob("runs/*/*/*/cells/*")), "a sweep started on a model that cannot fit"
+
+
+def test_a_loaded_model_that_returns_probabilities_is_refused_before_any_sweep(tmp_path, capsys):
+    from sweep_models import eval_set, trained_cnn
+
+    x, _ = eval_set(2)
+    torch.jit.trace(torch.nn.Sequential(trained_cnn(), torch.nn.Softmax(dim=1)), x).save(str(tmp_path / "soft.pt"))
+    assert _bench_of_one(tmp_path, "soft", tmp_path / "soft.pt") == EXIT_USAGE
+    assert "model soft: the model returns probabilities" in capsys.readouterr().err
+    assert not list((tmp_path / "out").glob("runs/*/*/*/cells/*")), "a sweep started on a model returning probabilities"
 
 
 def test_sweeps_run_suite_by_suite_so_cheap_suites_finish_for_every_model_first():
@@ -296,6 +311,17 @@ def test_the_tiny_bench_uses_the_standard_budget_given_on_the_command_line(tiny_
     out, _ = tiny_reference
     results = [json.loads(p.read_text()) for p in _files(out, "runs/*/*/*/results.json").values()]
     assert [r["standard_eps"] for r in results] == [0.1] and [r["eps"] for r in results] == [[0.0, 0.1, 0.3]]
+
+
+def test_rerunning_a_finished_bench_recomputes_no_cell_and_adds_no_history_record(tiny_reference, tmp_path):
+    reference, _ = tiny_reference
+    args = _tiny_bench(tmp_path)
+    shutil.copytree(reference, tmp_path / "out")
+    cells = {name: p.stat().st_mtime_ns for name, p in _files(tmp_path / "out", "runs/**/cells/*.npz").items()}
+    with one_thread():
+        assert main(args) in (0, 4)
+    assert {name: p.stat().st_mtime_ns for name, p in _files(tmp_path / "out", "runs/**/cells/*.npz").items()} == cells
+    assert len(_files(tmp_path / "out", "history/runs/*.json")) == 1, "the rerun added a duplicate history record"
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])

@@ -50,17 +50,6 @@ def test_a_model_that_returns_probabilities_is_refused_before_any_cell(tmp_path,
     assert _nothing_swept(tmp_path), "the sweep started on a model that returns probabilities"
 
 
-def test_a_benchmark_model_that_returns_probabilities_is_refused_before_any_sweep(tmp_path, capsys):
-    x, _ = eval_set(2)
-    torch.jit.trace(nn.Sequential(trained_cnn(), nn.Softmax(dim=1)), x).save(str(tmp_path / "softmax.pt"))
-    path = tmp_path / "bench.toml"
-    path.write_text(f'[data]\ndataset = "mnist5k"\n\n[[models]]\nname = "soft"\n'
-                    f'load = {{ source = "{(tmp_path / "softmax.pt").as_posix()}" }}\n')
-    assert main(["bench", str(path), "-o", str(tmp_path / "out"), "--device", "cpu"]) == EXIT_USAGE
-    assert "model soft: the model returns probabilities" in capsys.readouterr().err
-    assert not list((tmp_path / "out").glob("runs/*/*/*/cells/*")), "a sweep started on a model returning probabilities"
-
-
 def test_an_untrained_model_is_warned_about_as_near_chance(tmp_path):
     torch.manual_seed(0)
     x, y = eval_set(200)

@@ -75,7 +75,7 @@ def cifar_probe_images(cifar_jpeg_test_set):
 
 def test_resnet20_without_its_normalisation_is_warned_about_naming_mean_and_std(resnet20_checkpoint,
                                                                                cifar_probe_images):
-    """The shared third-party ResNet-20 fits CIFAR-10 (about 81% on the JPEG test set) only with its mean/std."""
+    """The third-party CIFAR-10 ResNet-20 fits the data (about 81% on the JPEG test set) only with its mean/std."""
     x, y = cifar_probe_images
     model, info = load_model(resnet20_checkpoint, arch="resnet20")
     with pytest.warns(RobustJpegWarning, match=r"as given, but .* normalised .* pass --mean \S+ --std \S+") as seen:

@@ -16,7 +16,8 @@ control with the same keys gets JPEG-DL's very starting tables. With seeds = [..
 once per seed (named NAME-sSEED); transfer_from, match: and init_from pair within a seed.
 
 Every stage is resumable: a trained model is reused when its recipe, data and seed are unchanged (the
-checkpoint folder is keyed by a hash of them), and sweeps resume cell by cell.
+checkpoint folder is keyed by a hash of them), and sweeps resume cell by cell. One benchmark writes into an output
+folder at a time: a second one on the same folder is refused while the first runs (see robustjpeg.lock).
 """
 
 from __future__ import annotations
@@ -27,13 +28,14 @@ import dataclasses
 import sys
 import time
 import tomllib
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from robustjpeg.budgets import parse_eps_list
-from robustjpeg.errors import ConfigError
+from robustjpeg.errors import ConfigError, FolderLocked
 from robustjpeg.io import config_hash
 
 DEFAULT_FILE = Path(__file__).resolve().parent / "suites" / "bench-quick.toml"
@@ -398,13 +400,17 @@ def _sweep_order(bench: Benchmark, suites_override: list[str] | None) -> list[tu
 def _sweep_all(bench: Benchmark, models: dict, infos: dict, out: Path, device, suites_override, eps, progress,
                log: Log) -> list[Path]:
     from robustjpeg.attacks import load_suite
+    from robustjpeg.budgets import fit_suite
     from robustjpeg.data import eval_tensors, load_dataset
     from robustjpeg.loading import fit_to_data
+    from robustjpeg.probe import PROBE_IMAGES, probe_model
     from robustjpeg.sweep import run_sweep, sweep_fingerprint
 
     ds = load_dataset(bench.dataset, bench.data_root, bench.download)
-    probe = eval_tensors(ds, min(2, len(ds.test)), bench.seed)[0].to(device)
-    models = {name: fit_to_data(m, infos[name], probe, len(ds.classes), ds.name) for name, m in models.items()}
+    px, py, _ = eval_tensors(ds, min(PROBE_IMAGES, len(ds.test)), bench.seed)
+    models = {name: fit_to_data(m, infos[name], px[:2].to(device), len(ds.classes), ds.name) for name, m in models.items()}
+    for name, model in models.items():
+        probe_model(model, infos[name], px, py, len(ds.classes), ds.name, device, name=name)
     subsets: dict[int | None, tuple] = {}
     run_dirs = []
     for entry, suite_name in _sweep_order(bench, suites_override):
@@ -412,8 +418,8 @@ def _sweep_all(bench: Benchmark, models: dict, infos: dict, out: Path, device, s
         if n not in subsets:  # one seed: nested subsets while class quotas grow with n (balanced test sets)
             subsets[n] = eval_tensors(ds, n, bench.seed)
         x, y, idx = subsets[n]
-        suite = load_suite(suite_name).with_eps(eps or bench.eps, bench.standard_eps).with_l2(bench.l2_eps,
-                                                                                              bench.standard_l2_eps)
+        suite = fit_suite(load_suite(suite_name), suite_name, ds.family, eps or bench.eps, bench.standard_eps,
+                          bench.l2_eps, bench.standard_l2_eps)
         key = sweep_fingerprint(suite, x, y, bench.seed, infos[entry.name], None)
         run_dir = out / "runs" / entry.name / key[:8] / suite.name
         log(f"{entry.name}: sweeping suite {suite.name!r} on {len(y)} images -> {run_dir}")
@@ -440,18 +446,41 @@ def _history(bench: Benchmark, run_dirs: list[Path], log: Log) -> list[dict]:
     return found
 
 
+@contextmanager
+def one_writer(out: Path):
+    """Rank 0 holds the lock of `out` for the whole benchmark; every rank stops when another process holds it."""
+    from robustjpeg import distributed
+    from robustjpeg.lock import folder_lock
+
+    launch = distributed.launch()
+    with ExitStack() as stack:
+        refused = None
+        if launch.rank == 0:
+            try:
+                stack.enter_context(folder_lock(out, "bench"))
+            except FolderLocked as exc:
+                refused = str(exc)
+        refused = distributed.broadcast_object(refused, launch)
+        if refused:
+            raise FolderLocked(refused)
+        yield
+
+
 def run_benchmark(bench: Benchmark, out: Path, *, device: str = "auto", suites: list[str] | None = None,
                   eps: list[float] | None = None, progress: bool | None = None, log: Log | None = None) -> Outcome:
-    """Train, sweep, report and compare: the whole nightly job, resumable at every stage."""
-    from robustjpeg.distributed import is_main, launch
+    """Train, sweep, report and compare: the whole nightly job, resumable at every stage, one writer per folder."""
+    with one_writer(Path(out)):  # under torchrun this first joins the process group and picks this rank's GPU
+        return _run(bench, Path(out), device, suites, eps, progress, log or Log())
+
+
+def _run(bench: Benchmark, out: Path, device: str, suites: list[str] | None, eps: list[float] | None,
+         progress: bool | None, log: Log) -> Outcome:
+    from robustjpeg.distributed import is_main
     from robustjpeg.io import resolve_device
     from robustjpeg.report import write_report
 
-    launch()  # under torchrun: join the process group and pick this rank's GPU first
-    log = log or Log()
     progress = sys.stderr.isatty() if progress is None else progress
     device = str(resolve_device(device))
-    out = Path(out)
     log(f"benchmark {bench.name!r} from {bench.path}: {len(bench.models)} model(s), data {bench.dataset}, "
         f"n={bench.num_examples}, seed {bench.seed}, device {device}, output {out}")
     checkpoints = train_models(bench, out, device, log)

@@ -34,3 +34,11 @@ class RunFolderError(RobustJpegError):
 
 class MissingDependency(RobustJpegError, ImportError):
     """An optional library a requested feature needs is not installed; the message gives the install line."""
+
+
+class FolderLocked(RobustJpegError):
+    """Another live process holds the lock of the output folder a command would write into."""
+
+
+class RobustJpegWarning(UserWarning):
+    """Something to act on that does not stop the run (a skipped file, a model that misses its data); one line."""

@@ -1,22 +1,26 @@
 """Run history for nightly jobs: one file per finished run, and the trend and regressions read back from them.
 
-Appending writes one new file named by the run's finishing time and a hash of its folder and content,
-through a temporary file and a rename. Two runs finishing at once therefore write two different files and never
-touch a shared index; the index is rebuilt by listing the folder on every read. Appending the same run
-twice rewrites the same file with the same content.
+Appending writes one new file named by the run's finishing time and the evaluation's identity, through a temporary
+file and a rename. Two runs finishing at once therefore write two different files and never touch a shared index;
+the index is rebuilt by listing the folder on every read. The identity is the sweep's fingerprint (model, data,
+suite, seed) with its per-sample outcomes, so one evaluation is one record: appending it again, or a rerun of a
+finished benchmark, adds nothing. A record that cannot be read is skipped with a warning naming it, so one damaged
+file never stops a later report or benchmark.
 """
 
 from __future__ import annotations
 
+import json
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from robustjpeg import formatting as fmt
 from robustjpeg.compare import paired_change, row_label, significant
-from robustjpeg.errors import RunFolderError
-from robustjpeg.io import atomic_write_json, config_hash, read_json
+from robustjpeg.errors import RobustJpegWarning, RunFolderError
+from robustjpeg.io import atomic_write_json, config_hash
 from robustjpeg.runs import Run, load_run, record_at
 
 SCHEMA = "robustjpeg.history/1"
@@ -34,37 +38,63 @@ def history_record(run: Run) -> dict:
     """What the history keeps of a run: its summary plus packed per-sample outcomes for paired trends."""
     samples = config_hash([run.outcomes.indices.tolist(), run.outcomes.labels.tolist()])
     time = str(run.facts.get("finished") or run.facts.get("started") or "")
-    identity = config_hash([str(run.path.resolve()), run.facts, run.results])
-    return {"schema": SCHEMA, "id": identity, "time": time,
-            "model": run.model, "dataset": run.dataset, "n": run.n, "seed": run.facts.get("seed"),
+    outcomes = {"clean": _bits(run.outcomes.clean),
+                "worst": [{"norm": norm, "eps": eps, "bits": _bits(ok)} for (norm, eps), ok in run.outcomes.worst.items()]}
+    fingerprint = run.facts.get("fingerprint")
+    identity = config_hash([fingerprint, outcomes] if fingerprint else [str(run.path.resolve()), run.facts, run.results])
+    return {"schema": SCHEMA, "id": identity, "time": time, "model": run.model, "sha256": run.identity[1],
+            "dataset": run.dataset, "n": run.n, "seed": run.facts.get("seed"),
             "suite": run.suite, "standard_eps": run.standard_eps, **run.verdict.to_dict(),
             "path": str(run.path.resolve()), "samples": samples, "clean": run.clean,
-            "worst_case": run.results["worst_case"],
-            "outcomes": {"clean": _bits(run.outcomes.clean),
-                         "worst": [{"norm": norm, "eps": eps, "bits": _bits(ok)}
-                                   for (norm, eps), ok in run.outcomes.worst.items()]}}
+            "worst_case": run.results["worst_case"], "outcomes": outcomes}
 
 
 def append_history(run_dir: Path, history_dir: Path) -> Path:
-    """Add a finished run to the history folder as its own file, atomically; safe when runs finish at once."""
+    """Add a finished run to the history folder as its own file, atomically; an evaluation already there is kept."""
     record = history_record(load_run(Path(run_dir)))
+    folder = Path(history_dir) / "runs"
+    known = sorted(folder.glob(f"[!.]*-{record['id']}.json"))
+    if known and _parse_record(known[0])[1] is None:
+        return known[0]
     stamp = re.sub(r"[^0-9T]", "", record["time"].split("+")[0])[:15] or "undated"
-    path = Path(history_dir) / "runs" / f"{stamp}-{fmt.slug(record['model'])}-{record['id']}.json"
-    atomic_write_json(path, record)
+    path = known[0] if known else folder / f"{stamp}-{fmt.slug(record['model'])}-{record['id']}.json"
+    atomic_write_json(path, record)  # a damaged copy of this very record is written again
     return path
 
 
+RECORD_KEYS = ("id", "time", "model", "dataset", "suite", "n", "samples", "clean", "worst_case", "outcomes")
+
+
 def load_history(history_dir: Path) -> list[dict]:
-    """Every record in the history folder, oldest first (the index, rebuilt from the files on each read)."""
+    """Every readable record in the history folder, oldest first (the index, rebuilt from the files on each read)."""
     folder = Path(history_dir) / "runs"
     if not folder.is_dir():
         raise RunFolderError(f"history folder {history_dir} holds no runs/ folder; add runs with "
                              f"`robustjpeg report RUN -o DIR --history {history_dir}`")
-    records = [read_json(p, "history record") for p in sorted(folder.glob("[!.]*.json"))]
-    bad = [r for r in records if not isinstance(r, dict) or r.get("schema") != SCHEMA]
-    if bad:
-        raise RunFolderError(f"{folder} holds files that are not {SCHEMA} records; move them out of the folder")
-    return sorted(records, key=lambda r: (r["time"], r["id"]))
+    records = [r for r in (_read_record(p) for p in sorted(folder.glob("[!.]*.json"))) if r is not None]
+    return sorted(records, key=lambda r: (str(r["time"]), str(r["id"])))
+
+
+def _read_record(path: Path) -> dict | None:
+    """One history record, or None (with a warning naming the file) when it is unreadable or not a record."""
+    record, problem = _parse_record(path)
+    if problem is None:
+        return record
+    warnings.warn(RobustJpegWarning(f"history record {path} {problem}; skipped it: move it out of {path.parent} "
+                                    "(or repair it) to silence this"), stacklevel=2)
+    return None
+
+
+def _parse_record(path: Path) -> tuple[dict | None, str | None]:
+    """(record, None) for a readable record, (None, what is wrong) otherwise."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return None, f"is not valid JSON ({exc})"
+    if not isinstance(record, dict) or record.get("schema") != SCHEMA:
+        return None, f"is not a {SCHEMA} record"
+    missing = [k for k in RECORD_KEYS if k not in record]
+    return (None, f"lacks the fields {missing}") if missing else (record, None)
 
 
 def _groups(records: list[dict]) -> dict[str, list[dict]]:

@@ -13,11 +13,18 @@ from typing import Any
 from robustjpeg.errors import RunFolderError
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: Path, write) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a report must be as readable as any file written here
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
@@ -54,15 +61,18 @@ def atomic_save_npz(path: Path, **arrays) -> None:
     _atomic_write(path, lambda fh: np.savez_compressed(fh, **arrays))
 
 
-def read_json(path: Path, what: str = "file") -> Any:
-    """Read a JSON file, turning a missing or broken file into an error that names it."""
+REWRITE_HINT = "move it aside and rerun the command that wrote it (a sweep reuses its finished cells)"
+
+
+def read_json(path: Path, what: str = "file", fix: str = REWRITE_HINT) -> Any:
+    """Read a JSON file, turning a missing or broken file into an error that names it and says what to do."""
     path = Path(path)
     if not path.is_file():
         raise RunFolderError(f"{what} {path} is missing")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RunFolderError(f"{what} {path} is not valid JSON ({exc}); rerun the stage that writes it") from exc
+        raise RunFolderError(f"{what} {path} is not valid JSON ({exc}); {fix}") from exc
 
 
 def file_sha256(path: Path) -> str:
@@ -98,13 +108,15 @@ def library_versions() -> dict[str, str]:
 
 
 def device_description(device) -> str:
-    """Human-readable name of the device a run used (GPU model or CPU)."""
+    """Human-readable name of the device a run used (GPU model, or CPU with the torch threads it ran on)."""
     import torch
 
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    threads = torch.get_num_threads()
+    return (f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+            f"{threads} thread{'s' if threads > 1 else ''})")
 
 
 def resolve_device(choice: str = "auto"):

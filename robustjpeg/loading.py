@@ -16,6 +16,11 @@ Every model comes back in eval mode taking float NCHW images in [0, 1]. Sources:
   a missing file is fetched only with ``download=True``. Zoo models are taken as they are;
 - a model-spec TOML file (below).
 
+A model is labelled in reports and history by the name it is given (``name``, ``--name``, a spec's or a benchmark's
+``name``); without one, by what it is: the file's stem (for our checkpoint.pt, its training run's folder) and the first
+8 hex digits of its SHA-256, or the zoo name (with dataset and threat model unless cifar10 / Linf). Two different
+files therefore never share a label, even when both are called ``checkpoint.pt``.
+
 Third-party state dicts get mean/std normalisation (a ``Normalize`` wrapper) only when ``mean`` and ``std``
 are given. Files load with ``torch.load(weights_only=True)``: a file that needs arbitrary pickled code is refused
 unless ``trust=True`` (``--trust-checkpoint``), because unpickling it can run any code its author chose.
@@ -23,7 +28,7 @@ unless ``trust=True`` (``--trust-checkpoint``), because unpickling it can run an
 Model-spec TOML: one small file names everything a nightly job needs; every key but ``checkpoint`` is optional,
 relative paths are relative to the TOML file, and arguments given to ``load_model`` (or CLI flags) win::
 
-    name = "resnet20-cifar10"              # label in reports (default: the file stem or zoo name)
+    name = "resnet20-cifar10"              # label in reports (default: file stem + content hash, or zoo name)
     checkpoint = "resnet20-12fca82f.th"    # a file, or "robustbench:NAME"
     arch = "resnet20"                      # ours, "torchvision:NAME" or "timm:NAME"
     num_classes = 10
@@ -64,11 +69,10 @@ WRAPPER_KEYS = ("state_dict", "model", "net", "model_state_dict")
 SPEC_KEYS = {"name": str, "checkpoint": str, "arch": str, "num_classes": int, "mean": list, "std": list,
              "input_size": (int, list), "threat_model": str, "model_dir": str}
 ZOO_DATASETS = ("cifar10", "cifar100", "imagenet")
-TRUST_HINT = (
-    "loading it means unpickling, which runs whatever code its author put in the file. "
-    "Load it only if you trust where it came from, with --trust-checkpoint (trust=True); better, re-save its "
-    "state_dict() once with torch.save or safetensors and load that"
-)
+CODE_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")  # how torch names the callable it refused, in every message form
+SAFE_MODULES = ("torch", "collections", "_codecs", "numpy")  # what plain weights pickle; torch's loader allows these
+RISKY_MODULES = ("os", "posix", "nt", "subprocess", "sys", "io", "shutil", "socket", "importlib", "runpy", "pty",
+                 "builtins")
 
 
 def load_model(source: str | Path, *, arch: str | None = None, num_classes: int | None = None,
@@ -189,7 +193,8 @@ def _resolve_spec_paths(spec: dict, base: Path) -> dict:
 
 def _load_file(path: Path, arch, num_classes, mean, std, trust) -> tuple[nn.Module, dict]:
     kind = sniff_file(path)
-    info = {"name": path.stem, "source": str(path), "sha256": _sha256(path), "format": kind,
+    sha = _sha256(path)
+    info = {"name": file_label(path.stem, sha), "source": str(path), "sha256": sha, "format": kind,
             "arch": arch, "spec": None, "mean": list(mean) if mean else None, "std": list(std) if std else None}
     if kind == "torchscript":
         _refuse_normalisation(mean, std, "TorchScript models")
@@ -209,6 +214,12 @@ def _load_file(path: Path, arch, num_classes, mean, std, trust) -> tuple[nn.Modu
     load_matching_state(model, state, f"{path} (--arch {arch})")
     info.update(format=kind if kind == "safetensors" else "state_dict", num_classes=num_classes, in_channels=in_channels)
     return _normalised(model, mean, std), info
+
+
+def file_label(stem: str, sha256: str) -> str:
+    """The label of a model given no name: a readable stem plus the start of the file's content hash (once: torch hub
+    files such as resnet20-12fca82f.th already end with it)."""
+    return stem if stem.endswith(sha256[:8]) else f"{stem}-{sha256[:8]}"
 
 
 def sniff_file(path: Path) -> str:
@@ -260,9 +271,10 @@ def _torch_load(path: Path, trust: bool) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as exc:
-        code = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-        if code:
-            raise CheckpointError(f"{path} was refused: it names Python code ({code.group(1)}); {TRUST_HINT}") from exc
+        code = CODE_GLOBAL.search(str(exc))
+        name = next(iter(pickle_globals(path)), code.group(1) if code else None)
+        if name:
+            raise CheckpointError(_code_refusal(path, name)) from exc
         raise CheckpointError(f"{path} is not a PyTorch checkpoint (its bytes are no valid pickle); check the file, "
                               "or download it again") from exc
     except (ModuleNotFoundError, AttributeError) as exc:
@@ -273,14 +285,77 @@ def _torch_load(path: Path, trust: bool) -> Any:
                               "check the file, or download it again") from exc
 
 
+def _code_refusal(path: Path, name: str) -> str:
+    risky = name.split(".")[0] in RISKY_MODULES
+    why = " (it can run any command: this file is most likely malicious)" if risky else ""
+    return (f"{path} was refused, and nothing in it ran: its pickle asks to run Python code when loaded, {name}{why}. "
+            "--trust-checkpoint (trust=True) exists only for files you trust, since it lets that code run; better, "
+            "re-save the model's state_dict() with torch.save or safetensors where it was made, and load that")
+
+
+def pickle_globals(path: Path) -> list[str]:
+    """The callables a checkpoint's pickle would import (GLOBAL, STACK_GLOBAL), beyond plain weights; never unpickled."""
+    import io
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return _scan([io.BytesIO(archive.read(n)) for n in archive.namelist() if n.endswith(".pkl")])
+    except zipfile.BadZipFile:
+        with open(path, "rb") as fh:
+            return _scan([fh])
+
+
+def _scan(streams) -> list[str]:
+    import pickletools
+
+    names = []
+    for stream in streams:
+        size = stream.seek(0, 2)
+        stream.seek(0)
+        while stream.tell() < size:  # the legacy format holds several pickles in a row, then raw tensor bytes
+            try:
+                names += _globals_in(pickletools.genops(stream))
+            except (ValueError, EOFError, IndexError):
+                break
+    return [n for n in names if n.split(".")[0] not in SAFE_MODULES]
+
+
+def _globals_in(ops) -> list[str]:
+    """Module.name of each GLOBAL/STACK_GLOBAL of one pickle, following the strings and memo STACK_GLOBAL reads."""
+    names, recent, memo = [], [], {}
+    for op, arg, _ in ops:
+        if op.name in ("GLOBAL", "INST"):
+            names.append(_python3_name(*arg.split(" ", 1)))
+        elif op.name == "STACK_GLOBAL" and len(recent) >= 2:
+            names.append(_python3_name(str(recent[-2]), str(recent[-1])))
+        elif op.name == "MEMOIZE" and recent:
+            memo[len(memo)] = recent[-1]
+        elif op.name in ("PUT", "BINPUT", "LONG_BINPUT") and recent:
+            memo[arg] = recent[-1]
+        elif op.name in ("GET", "BINGET", "LONG_BINGET"):
+            recent.append(memo.get(arg))
+        elif isinstance(arg, str):
+            recent.append(arg)
+    return names
+
+
+def _python3_name(module: str, name: str) -> str:
+    """Protocol-2 pickles (torch.save's) spell callables the Python 2 way (__builtin__.eval, commands.Popen)."""
+    import _compat_pickle
+
+    module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+    return f"{_compat_pickle.IMPORT_MAPPING.get(module, module)}.{name}"
+
+
 def _load_ours(path: Path, ckpt: dict, arch, mean, std, info: dict) -> tuple[nn.Module, dict]:
     model, spec, _ = load_trained(path, device="cpu")
     if arch and arch != spec.arch:
         raise ConfigError(f"{path} is a robustjpeg checkpoint of a {spec.arch}; drop --arch {arch}")
     _refuse_normalisation(mean, std, "robustjpeg checkpoints (normalisation is stored inside)")
-    info.update(format="robustjpeg", arch=spec.arch, spec=spec.to_dict(), num_classes=spec.num_classes,
-                mean=list(spec.mean), std=list(spec.std), input_size=spec.input_size, complete=ckpt.get("complete"),
-                epoch=ckpt.get("epoch"))
+    stem = path.resolve().parent.name if path.stem == "checkpoint" else path.stem  # train -o DIR writes DIR/checkpoint.pt
+    info.update(name=file_label(stem, info["sha256"]), format="robustjpeg", arch=spec.arch, spec=spec.to_dict(),
+                num_classes=spec.num_classes, mean=list(spec.mean), std=list(spec.std), input_size=spec.input_size,
+                complete=ckpt.get("complete"), epoch=ckpt.get("epoch"))
     return model, info
 
 
@@ -463,7 +538,8 @@ def _load_zoo(source: str, threat_model: str, model_dir, download: bool) -> tupl
     files = _zoo_files(root / dataset / threat_folder / f"{zoo_name}.pt", entry["gdrive_id"], source, download)
     model = _zoo_load(rb, zoo_name, root, dataset, threat_model, source)
     single = files[0] if len(files) == 1 and files[0].is_file() else None
-    info = {"name": zoo_name, "source": source, "sha256": _sha256(single) if single else None,
+    label = zoo_name if (dataset, threat_model) == ("cifar10", "Linf") else f"{zoo_name}-{dataset}-{threat_model}"
+    info = {"name": label, "source": source, "sha256": _sha256(single) if single else None,
             "format": "robustbench", "arch": f"robustbench:{dataset}/{threat_model}/{zoo_name}", "spec": None,
             "mean": None, "std": None}
     return model, info

@@ -13,7 +13,7 @@ from robustjpeg import formatting as fmt
 from robustjpeg import plots
 from robustjpeg.io import atomic_write_json, atomic_write_text
 from robustjpeg.results import robust_record
-from robustjpeg.runs import Run, load_runs, record_at, worst_case_verdict
+from robustjpeg.runs import Run, load_runs, model_labels, record_at, worst_case_verdict
 from robustjpeg.verdict import MASKING_CHECKS
 
 AUTOATTACK_KINDS = ("autoattack",)  # the official AutoAttack (pyautoattack); torchattacks' 10-step copy is not one
@@ -115,10 +115,10 @@ def combined_worst_case(runs: list[Run]) -> dict[tuple[str, float], dict]:
 
 
 def _suite_groups(runs: list[Run]) -> dict[str, list[Run]]:
-    """Runs of each model that was swept with several suites sharing samples."""
-    groups: dict[str, list[Run]] = {}
+    """Runs of each model (by identity, labelled) that was swept with several suites sharing samples."""
+    labels, groups = model_labels(runs), {}
     for run in runs:
-        groups.setdefault(run.model, []).append(run)
+        groups.setdefault(labels[run.identity], []).append(run)
     return {m: g for m, g in groups.items() if len(g) > 1 and len(shared_samples(g)) > 0}
 
 

@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from robustjpeg.errors import RunFolderError
+from robustjpeg.errors import RobustJpegWarning, RunFolderError
 from robustjpeg.io import atomic_save_npz, atomic_write_json, read_json
 from robustjpeg.stats import accuracy_record
 
 RUN_SCHEMA = "robustjpeg.run/1"
 RESULTS_SCHEMA = "robustjpeg.results/1"
+RUN_FIX = ("move it aside and rerun the same sweep with --resume: it reuses the finished cells in cells/ and writes "
+           "run.json again")
+REBUILD = "rerun the same sweep with --resume: it rebuilds {} from the finished cells in cells/"
+CORRUPT = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)  # what reading a damaged .npz raises
 
 
 def cell_key(attack: str, norm: str, eps: float) -> str:
@@ -45,24 +51,40 @@ class CellStore:
         atomic_save_npz(self.path(key), meta=np.array(json.dumps({"key": key, **meta})), **arrays)
 
     def load(self, key: str) -> tuple[dict, dict[str, np.ndarray]] | None:
-        """(meta, arrays) of a finished cell, or None when it has not finished."""
+        """(meta, arrays) of a finished cell, or None when it has not finished or its file is unreadable (it is then
+        computed again, and the file replaced, with a warning naming it)."""
         path = self.path(key)
         if not path.is_file():
             return None
-        with np.load(path) as data:
-            arrays = {name: data[name] for name in data.files if name != "meta"}
-            meta = json.loads(str(data["meta"]))
+        try:
+            meta, arrays = read_cell(path)
+        except CORRUPT as exc:
+            warnings.warn(RobustJpegWarning(f"{path} is unreadable ({exc}); computing that cell again, the finished "
+                                            "cells beside it are kept"), stacklevel=2)
+            return None
         if meta.get("key") != key:
             raise RunFolderError(f"{path} holds cell {meta.get('key')!r}, not {key!r}; delete it and rerun with --resume")
         return meta, arrays
 
 
+def read_cell(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """(meta, arrays) of one cell file; a truncated or foreign file raises one of CORRUPT."""
+    with np.load(path) as data:
+        arrays = {name: data[name] for name in data.files if name != "meta"}
+        meta = json.loads(str(data["meta"]))
+    if not isinstance(meta, dict):
+        raise ValueError("its meta field is not a JSON object")
+    return meta, arrays
+
+
 def cell_metas(run_dir: Path) -> list[dict]:
-    """The facts (attack, budget, passes, wall time, example statistics) of every finished cell of a run."""
+    """The facts (attack, budget, passes, wall time, example statistics) of every readable finished cell of a run."""
     out = []
     for path in sorted((Path(run_dir) / "cells").glob("*.npz")):
-        with np.load(path) as data:
-            out.append(json.loads(str(data["meta"])))
+        try:
+            out.append(read_cell(path)[0])
+        except CORRUPT as exc:
+            warnings.warn(RobustJpegWarning(f"{path} is unreadable ({exc}); left out"), stacklevel=2)
     return out
 
 
@@ -122,14 +144,17 @@ class RawRun:
 def read_run(run_dir: Path) -> RawRun:
     """Load a run folder, naming the missing or foreign file when it cannot be read."""
     folder = Path(run_dir)
-    run = read_json(folder / "run.json", "run file")
-    results = read_json(folder / "results.json", "results file")
+    run = read_json(folder / "run.json", "run file", RUN_FIX)
+    results = read_json(folder / "results.json", "results file", REBUILD.format("results.json"))
     for what, doc, schema in (("run.json", run, RUN_SCHEMA), ("results.json", results, RESULTS_SCHEMA)):
         if doc.get("schema") != schema:
             raise RunFolderError(f"{folder / what} has schema {doc.get('schema')!r}, expected {schema!r}")
     path = folder / "samples.npz"
     if not path.is_file():
-        raise RunFolderError(f"{path} is missing; rerun the sweep with --resume to write it")
-    with np.load(path) as data:
-        samples = {name: data[name] for name in data.files}
+        raise RunFolderError(f"{path} is missing; {REBUILD.format('it')}")
+    try:
+        with np.load(path) as data:
+            samples = {name: data[name] for name in data.files}
+    except CORRUPT as exc:
+        raise RunFolderError(f"{path} cannot be read ({exc}); {REBUILD.format('it')}") from exc
     return RawRun(folder, run, results, samples)

@@ -6,7 +6,6 @@ reader (`results.read_run`): the folder format is written and read in one module
 
 from __future__ import annotations
 
-import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import numpy as np
 
 from robustjpeg.errors import RunFolderError
 from robustjpeg.io import read_json
-from robustjpeg.results import read_run
+from robustjpeg.results import RUN_FIX, read_run
 from robustjpeg.verdict import Verdict, model_verdict, run_verdict
 
 _RESULTS_KEYS = ("model", "dataset", "n", "clean", "cells", "worst_case", "checks")
@@ -46,6 +45,11 @@ class Run:
     @property
     def model(self) -> str:
         return str(self.results["model"])
+
+    @property
+    def identity(self) -> tuple[str, str | None]:
+        """What tells models apart: the name and the checkpoint's content hash (two files may share a given name)."""
+        return self.model, (self.facts.get("model") or {}).get("sha256")
 
     @property
     def dataset(self) -> str:
@@ -98,13 +102,10 @@ def load_run(path: Path, label: str = "") -> Run:
     path = Path(path)
     if not path.is_dir():
         raise RunFolderError(f"run folder {path} does not exist; pass the -o folder of a finished `robustjpeg sweep`")
-    status = read_json(path / "run.json", "run file").get("status")
+    status = read_json(path / "run.json", "run file", RUN_FIX).get("status")
     _require(status == "complete", path / "run.json",
              f"status is {status!r}: the sweep did not finish; rerun it with --resume")
-    try:
-        raw = read_run(path)
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise RunFolderError(f"{path / 'samples.npz'} cannot be read ({exc}); rerun the sweep") from exc
+    raw = read_run(path)
     missing = [k for k in _RESULTS_KEYS if k not in raw.results]
     _require(not missing, path / "results.json", f"lacks the fields {missing}")
     outcomes = _outcomes(raw.samples, path / "samples.npz", int(raw.results["n"]))
@@ -114,13 +115,21 @@ def load_run(path: Path, label: str = "") -> Run:
 
 
 def load_runs(paths: list[Path]) -> list[Run]:
-    """Load several runs, giving each a label that tells apart runs of the same model and a verdict that knows the
-    model's other runs (a masking FAIL in one suite marks the others overstated)."""
+    """Load several runs, labelled so that different models and runs of one model are told apart, each with a
+    verdict that knows the model's other runs (a masking FAIL in one suite marks the others overstated)."""
     runs = [load_run(p) for p in paths]
-    names = [r.model for r in runs]
-    return [replace(r, label=r.label if names.count(r.model) == 1 else f"{r.model} ({r.path.name})",
-                    verdict=run_verdict(r.results, [o.results for o in runs if o.model == r.model]))
-            for r in runs]
+    models = model_labels(runs)
+    labels = [models[r.identity] for r in runs]
+    return [replace(r, label=label if labels.count(label) == 1 else f"{label} ({r.path.name})",
+                    verdict=run_verdict(r.results, [o.results for o in runs if o.identity == r.identity]))
+            for r, label in zip(runs, labels)]
+
+
+def model_labels(runs: list[Run]) -> dict[tuple[str, str | None], str]:
+    """A label per model identity: its name, plus the start of its checkpoint hash where two models share the name."""
+    names = [model for model, _ in dict.fromkeys(r.identity for r in runs)]
+    return {r.identity: r.model if names.count(r.model) == 1 else f"{r.model} [{str(r.identity[1])[:8]}]"
+            for r in runs}
 
 
 def worst_case_verdict(runs: list[Run]) -> Verdict:

@@ -273,18 +273,33 @@ def test_every_committed_benchmark_file_loads_and_its_recipes_resolve(path):
         train_config(bench, dataclasses.replace(entry, train=train), "cpu").resolved(FAMILIES.get(bench.dataset, "cifar"))
 
 
+def _bench_of_one(tmp_path: Path, name: str, checkpoint: Path) -> int:
+    """Run a benchmark that loads one model from a file; the exit code."""
+    path = tmp_path / "bench.toml"
+    path.write_text(f'[data]\ndataset = "mnist5k"\n\n[[models]]\nname = "{name}"\n'
+                    f'load = {{ source = "{checkpoint.as_posix()}" }}\n')
+    return main(["bench", str(path), "-o", str(tmp_path / "out"), "--device", "cpu"])
+
+
 def test_a_loaded_model_with_the_wrong_class_count_is_refused_before_any_sweep(tmp_path, capsys):
     from robustjpeg.models import ModelSpec, build_model
 
     spec = ModelSpec(arch="smallcnn", num_classes=7, in_channels=1, mean=(0.13,), std=(0.31,), input_size=28)
     torch.save({"schema": "robustjpeg.checkpoint/1", "model_spec": spec.to_dict(),
                 "state_dict": build_model(spec).state_dict(), "complete": True, "epoch": 1}, tmp_path / "seven.pt")
-    path = tmp_path / "bench.toml"
-    path.write_text(f'[data]\ndataset = "mnist5k"\n\n[[models]]\nname = "seven"\n'
-                    f'load = {{ source = "{(tmp_path / "seven.pt").as_posix()}" }}\n')
-    assert main(["bench", str(path), "-o", str(tmp_path / "out"), "--device", "cpu"]) == EXIT_USAGE
+    assert _bench_of_one(tmp_path, "seven", tmp_path / "seven.pt") == EXIT_USAGE
     assert "has 10 classes" in capsys.readouterr().err
     assert not list((tmp_path / "out").glob("runs/*/*/*/cells/*")), "a sweep started on a model that cannot fit"
+
+
+def test_a_loaded_model_that_returns_probabilities_is_refused_before_any_sweep(tmp_path, capsys):
+    from sweep_models import eval_set, trained_cnn
+
+    x, _ = eval_set(2)
+    torch.jit.trace(torch.nn.Sequential(trained_cnn(), torch.nn.Softmax(dim=1)), x).save(str(tmp_path / "soft.pt"))
+    assert _bench_of_one(tmp_path, "soft", tmp_path / "soft.pt") == EXIT_USAGE
+    assert "model soft: the model returns probabilities" in capsys.readouterr().err
+    assert not list((tmp_path / "out").glob("runs/*/*/*/cells/*")), "a sweep started on a model returning probabilities"
 
 
 def test_sweeps_run_suite_by_suite_so_cheap_suites_finish_for_every_model_first():
@@ -295,3 +310,163 @@ def test_sweeps_run_suite_by_suite_so_cheap_suites_finish_for_every_model_first(
     models = ("baseline", "jpeg-dl", "jpeg-fixed")
     assert order == [(m, s) for s in ("paper", "adaptive") for m in models] + [(m, "standard") for m in models[:2]]
     assert [s for _, s in _sweep_order(bench, ["quick"])] == ["quick"] * 3
+
+
+# --- faults: kills at random points, a second bench on the same folder -----------------------------------------
+
+TINY = """
+[benchmark]
+name = "tiny"
+num_examples = 40
+suites = ["quick"]
+eps = ["0", "0.1", "0.3"]
+
+[data]
+dataset = "mnist5k"
+
+[[models]]
+name = "cnn"
+train = { arch = "smallcnn", epochs = 2, train_subset = 400, batch_size = 64 }
+"""
+
+
+def _tiny_bench(folder: Path) -> list[str]:
+    path = folder / "tiny.toml"
+    path.write_text(TINY)
+    out = folder / "out"
+    return ["bench", str(path), "-o", str(out), "--history", str(out / "history"), "--device", "cpu",
+            "--standard-eps", "0.1"]
+
+
+def _files(out: Path, pattern: str) -> dict[str, Path]:
+    """Files by path under out, with runs/MODEL/KEY/ read as runs/MODEL/ (KEY hashes the checkpoint's bytes, which
+    hold training times)."""
+    names = {p: p.relative_to(out).parts for p in sorted(out.glob(pattern))}
+    return {"/".join(parts[:2] + parts[3:] if parts[0] == "runs" else parts): p for p, parts in names.items()}
+
+
+def _killed_at(args: list[str], out: Path, k: int, before: bool) -> int:
+    """Run the bench in a forked child that SIGKILLs itself at its k-th file write into out (before or after the
+    rename that publishes it, i.e. mid-write or just after); returns the child's exit code."""
+    import multiprocessing
+    import os
+    import signal
+
+    def child() -> None:
+        real, writes = os.replace, []
+
+        def replace(src, dst):
+            mine = str(dst).startswith(str(out))
+            writes.extend([dst] if mine else [])
+            if mine and len(writes) == k and before:
+                os.kill(os.getpid(), signal.SIGKILL)
+            real(src, dst)
+            if mine and len(writes) == k:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        os.replace = replace
+        main(args)
+
+    process = multiprocessing.get_context("fork").Process(target=child)
+    process.start()
+    process.join(timeout=300)
+    return process.exitcode
+
+
+@pytest.fixture(scope="module")
+def tiny_reference(tmp_path_factory):
+    """An uninterrupted tiny bench, with the number of files it writes into its output folder."""
+    import os
+
+    root = tmp_path_factory.mktemp("tiny-reference")
+    args, out = _tiny_bench(root), root / "out"
+    real, writes = os.replace, []
+
+    def counting(src, dst):
+        writes.extend([dst] if str(dst).startswith(str(out)) else [])
+        real(src, dst)
+
+    with one_thread(), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "replace", counting)
+        assert main(args) in (0, 4)
+    return out, len(writes)
+
+
+def test_the_tiny_bench_uses_the_standard_budget_given_on_the_command_line(tiny_reference):
+    out, _ = tiny_reference
+    results = [json.loads(p.read_text()) for p in _files(out, "runs/*/*/*/results.json").values()]
+    assert [r["standard_eps"] for r in results] == [0.1] and [r["eps"] for r in results] == [[0.0, 0.1, 0.3]]
+
+
+def test_rerunning_a_finished_bench_recomputes_no_cell_and_adds_no_history_record(tiny_reference, tmp_path):
+    reference, _ = tiny_reference
+    args = _tiny_bench(tmp_path)
+    shutil.copytree(reference, tmp_path / "out")
+    cells = {name: p.stat().st_mtime_ns for name, p in _files(tmp_path / "out", "runs/**/cells/*.npz").items()}
+    with one_thread():
+        assert main(args) in (0, 4)
+    assert {name: p.stat().st_mtime_ns for name, p in _files(tmp_path / "out", "runs/**/cells/*.npz").items()} == cells
+    assert len(_files(tmp_path / "out", "history/runs/*.json")) == 1, "the rerun added a duplicate history record"
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_bench_killed_at_a_random_write_resumes_to_the_same_results_without_recomputing(tiny_reference, tmp_path,
+                                                                                       seed):
+    import random
+
+    reference, writes = tiny_reference
+    rng = random.Random(seed)
+    k, before = rng.randint(1, writes), rng.random() < 0.5
+    args, out = _tiny_bench(tmp_path), tmp_path / "out"
+    with one_thread():
+        assert _killed_at(args, out, k, before) == -9, f"the bench was not killed at write {k} of {writes}"
+        survivors = {name: (p.stat().st_ino, p.stat().st_mtime_ns) for name, p in _files(out, "runs/**/cells/*.npz").items()}
+        assert main(args) in (0, 4), f"the rerun after a kill at write {k} of {writes} failed"
+    resumed = _files(out, "runs/**/cells/*.npz")
+    assert resumed.keys() == _files(reference, "runs/**/cells/*.npz").keys()
+    recomputed = [name for name, stat in survivors.items()
+                  if (resumed[name].stat().st_ino, resumed[name].stat().st_mtime_ns) != stat]
+    assert not recomputed, f"cells finished before the kill were computed again: {recomputed}"
+    finished = _files(out, "runs/*/*/*/samples.npz")
+    for name, path in _files(reference, "runs/*/*/*/samples.npz").items():
+        with np.load(path) as want, np.load(finished[name]) as got:
+            assert all(np.array_equal(want[key], got[key]) for key in want.files), f"{name} differs after the kill"
+    weights = [torch.load(p, weights_only=True)["state_dict"] for p in
+               (next(reference.glob("models/*/checkpoint.pt")), next(out.glob("models/*/checkpoint.pt")))]
+    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0]), "training did not resume exactly"
+    assert len(_files(out, "history/runs/*.json")) == len(_files(reference, "history/runs/*.json")) == 1
+    assert not (out / ".robustjpeg.lock").exists(), "the rerun left its lock behind"
+
+
+HOLD_LOCK = """
+import sys, time
+from robustjpeg.lock import folder_lock
+with folder_lock(sys.argv[1], "bench"):
+    print("holding", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_second_bench_on_the_same_folder_is_refused_naming_the_holder_until_it_dies(tmp_path, capsys):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    args, out = _tiny_bench(tmp_path), tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        assert main(args) == EXIT_USAGE
+        err = capsys.readouterr().err
+        assert f"pid {holder.pid} on host {socket.gethostname()}" in err and len(err.strip().splitlines()) == 1
+        assert sorted(p.name for p in out.iterdir()) == [".robustjpeg.lock"], "the refused bench wrote into the folder"
+    finally:
+        holder.kill()
+        holder.wait()
+    assert json.loads((out / ".robustjpeg.lock").read_text())["pid"] == holder.pid, "the dead holder's lock is gone"
+    from robustjpeg.lock import folder_lock
+
+    with folder_lock(out, "bench") as lock:
+        assert json.loads(lock.read_text())["pid"] == os.getpid(), "the stale lock of a dead process was not taken over"

@@ -66,3 +66,28 @@ def test_report_history_draws_trend_and_lists_regressions(tmp_path):
 def test_missing_history_folder_says_how_to_start_one(tmp_path):
     with pytest.raises(RunFolderError, match="--history"):
         load_history(tmp_path / "nowhere")
+
+
+def test_one_evaluation_is_one_record_however_often_it_is_appended(tmp_path):
+    """A rerun of a finished benchmark rewrites run.json (new start and finish times) but is the same evaluation."""
+    import json
+
+    run = make_run(tmp_path / "run", "resnet20", n=100, attacks=ATTACKS[:1], finished=NIGHTS[0])
+    facts = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**facts, "fingerprint": "f" * 16}))
+    first = append_history(run, tmp_path / "hist")
+    (run / "run.json").write_text(json.dumps({**facts, "fingerprint": "f" * 16, "finished": NIGHTS[1]}))
+    assert append_history(run, tmp_path / "hist") == first
+    assert len(list((tmp_path / "hist" / "runs").iterdir())) == 1
+
+
+def test_a_damaged_history_record_is_skipped_with_a_warning_and_the_report_still_written(tmp_path, capsys):
+    runs = _nightly(tmp_path, "resnet20", [3, 3, 3])
+    paths = [append_history(run, tmp_path / "hist") for run in runs[:2]]
+    paths[0].write_text(paths[0].read_text()[:200])  # a record cut short by a full disk
+    (paths[0].parent / "notes.json").write_text('{"todo": "look at this"}')
+    assert main(["report", str(runs[2]), "-o", str(tmp_path / "rep"), "--history", str(tmp_path / "hist")]) == EXIT_OK
+    warned = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warned) == 2 and all("move it out of" in line for line in warned)
+    assert any(str(paths[0]) in line for line in warned) and any("notes.json" in line for line in warned)
+    assert "2 runs of 1 model(s)" in (tmp_path / "rep" / "report.md").read_text()

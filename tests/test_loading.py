@@ -61,7 +61,7 @@ def test_wrapped_prefixed_state_dict_loads_with_class_count_read_from_file(wrapp
     model, info = load_model(wrapped_file, arch=ARCH)
     assert not model.training
     assert info["num_classes"] == CLASSES and info["format"] == "state_dict"
-    assert len(info["sha256"]) == 64 and info["name"] == "third_party"
+    assert len(info["sha256"]) == 64 and info["name"] == f"third_party-{info['sha256'][:8]}"
     assert predicts_like(model, net, photo_batch)
 
 
@@ -181,11 +181,49 @@ def test_pickle_that_runs_code_is_refused_and_never_runs(tmp_path):
     torch.save({"state_dict": WritesMarker(marker)}, path)
     with pytest.raises(CheckpointError, match="--trust-checkpoint") as refused:
         load_model(path, arch=ARCH)
-    assert "runs whatever code" in str(refused.value)
+    assert "asks to run Python code when loaded, io.open" in str(refused.value)
     assert not marker.exists(), "the pickled code ran although the file was refused"
     with pytest.raises(CheckpointError, match="not a model checkpoint"):
         load_model(path, arch=ARCH, trust=True)
     assert marker.exists(), "with trust=True the payload runs: the refusal above is what protected the user"
+
+
+class RunsShell:
+    """A real malicious payload: unpickling it runs a shell command through os.system (here: touch a marker)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _save_zip(obj, path: Path) -> None:
+    torch.save(obj, path)
+
+
+def _save_legacy(obj, path: Path) -> None:
+    torch.save(obj, path, _use_new_zipfile_serialization=False)
+
+
+def _save_pickle4(obj, path: Path) -> None:
+    import pickle
+
+    path.write_bytes(pickle.dumps(obj, protocol=4))
+
+
+@pytest.mark.parametrize("save", [_save_zip, _save_legacy, _save_pickle4], ids=["torch-zip", "torch-legacy", "pickle-4"])
+def test_a_pickle_that_runs_a_shell_command_is_named_as_code_execution_and_never_runs(tmp_path, save, capsys):
+    marker, path = tmp_path / "code-ran", tmp_path / "evil.pt"
+    save({"state_dict": RunsShell(marker)}, path)
+    assert main(["sweep", str(path), "--arch", "resnet20", "--dataset", "mnist5k", "-o", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    system = f"{os.system.__module__}.system"  # posix.system on Linux and macOS, nt.system on Windows
+    assert len(err.strip().splitlines()) == 1, err
+    for said in ("asks to run Python code when loaded", system, "most likely malicious", "--trust-checkpoint",
+                 "only for files you trust"):
+        assert said in err, f"{said!r} missing from: {err}"
+    assert not marker.exists(), "the payload ran although the file was refused"
 
 
 def test_html_page_saved_as_checkpoint_is_refused(tmp_path):

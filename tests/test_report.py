@@ -309,3 +309,58 @@ def test_models_trained_with_several_seeds_get_a_mean_and_seed_range(tmp_path):
             values = [float(r.outcomes.worst[("Linf", eps)].mean()) for r in runs]
         mean, lo, hi = (float(v) for v in re.findall(r"[\d.]+", cell))
         assert (mean, lo, hi) == tuple(round(100 * v, 1) for v in (np.mean(values), min(values), max(values)))
+
+
+# --- model identity: two different models never share a label ---------------------------------------------------
+
+FGSM_SUITE = 'name = "fgsm-only"\neps = ["0", "0.3"]\nstandard_eps = "0.3"\n[[attacks]]\nname = "fgsm"\nkind = "fgsm"\n'
+
+
+@pytest.fixture(scope="module")
+def same_file_name(mnist_baseline_run, mnist_jpeg_run, tmp_path_factory):
+    """The README's layout: a baseline and a JPEG-DL model, both saved as run/checkpoint.pt, in two folders."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("identity")
+    (root / "fgsm.toml").write_text(FGSM_SUITE)
+    files = []
+    for folder, run in (("base", mnist_baseline_run), ("jpeg", mnist_jpeg_run)):
+        (root / folder / "run").mkdir(parents=True)
+        files.append(shutil.copy(run["checkpoint"], root / folder / "run" / "checkpoint.pt"))
+    return root, files
+
+
+def _swept(root, checkpoint, out: str, *extra: str):
+    from conftest import one_thread
+
+    with one_thread():
+        code = main(["sweep", str(checkpoint), "--dataset", "mnist5k", "-n", "40", "--suite", str(root / "fgsm.toml"),
+                     "-o", str(root / out), "--device", "cpu", *extra])
+    assert code in (EXIT_OK, 4)
+    return root / out
+
+
+def test_two_checkpoints_with_the_same_file_name_get_different_labels_and_never_merge(same_file_name):
+    from robustjpeg.history import append_history, history_section
+
+    root, files = same_file_name
+    runs = [_swept(root, f, f"sweep-{i}") for i, f in enumerate(files)]
+    labels = [load_run(r).model for r in runs]
+    assert labels[0] != labels[1] and all(label.startswith("run-") for label in labels), labels
+    text = write_report(runs, root / "report").read_text()
+    assert "Worst case over every suite" not in text, "the report combined two different models as one"
+    summary = next(rows for heading, _, rows in markdown_tables(text) if heading == "Summary")
+    assert [row[0] for row in summary] == labels and not any("overstated" in row[-1] for row in summary)
+    for run in runs:
+        append_history(run, root / "history")
+    assert "runs of 2 model(s)" in history_section(root / "history", root / "trend.png")
+
+
+def test_a_name_given_twice_to_two_different_models_is_told_apart_by_their_hashes(same_file_name):
+    root, files = same_file_name
+    runs = [_swept(root, f, f"named-{i}", "--name", "nightly") for i, f in enumerate(files)]
+    assert [load_run(r).model for r in runs] == ["nightly", "nightly"]
+    labels = [r.label for r in load_runs(runs)]
+    hashes = [load_run(r).identity[1][:8] for r in runs]
+    assert labels == [f"nightly [{h}]" for h in hashes] and hashes[0] != hashes[1]
+    assert "Worst case over every suite" not in write_report(runs, root / "named-report").read_text()

@@ -13,8 +13,10 @@ from conftest import Killed, one_thread
 from robustjpeg.attacks import Suite, load_suite
 from robustjpeg.cli import EXIT_CHECK_FAILED, EXIT_OK, EXIT_USAGE, main
 from robustjpeg.data import eval_tensors, load_dataset
-from robustjpeg.errors import BadInput, RunFolderError
+from robustjpeg.errors import BadInput, RobustJpegWarning, RunFolderError
+from robustjpeg.io import file_sha256
 from robustjpeg.results import cell_metas, read_run
+from robustjpeg.runs import load_run
 from robustjpeg.sweep import reference_sweep, run_sweep
 from sweep_models import eval_set, suite_toml, trained_cnn, write_suite
 
@@ -168,10 +170,11 @@ def test_sweep_command_wires_model_data_suite_and_eps_override(tmp_path, monkeyp
     torch.jit.trace(trained_cnn(), x).save(str(tmp_path / "tiny.pt"))
     suite = write_suite(tmp_path, suite_toml(["0", "0.3"], FGSM))
     code = main(["sweep", str(tmp_path / "tiny.pt"), "--dataset", "mnist5k", "-n", "20", "--suite", str(suite), "--eps", "0,0.1",
-                 "-o", str(tmp_path / "run"), "--device", "cpu"])
+                 "--standard-eps", "0.1", "-o", str(tmp_path / "run"), "--device", "cpu"])
     run = read_run(tmp_path / "run")
-    assert code in (EXIT_OK, EXIT_CHECK_FAILED) and run.results["n"] == 20 and run.results["model"] == "tiny"
-    assert sorted({c["eps"] for c in run.results["cells"]}) == [0.0, 0.1]
+    assert code in (EXIT_OK, EXIT_CHECK_FAILED) and run.results["n"] == 20
+    assert run.results["model"] == f"tiny-{file_sha256(tmp_path / 'tiny.pt')[:8]}"
+    assert sorted({c["eps"] for c in run.results["cells"]}) == [0.0, 0.1] and run.results["standard_eps"] == 0.1
     expected = eval_tensors(load_dataset("mnist5k"), 20, 0)[2].numpy()
     assert run.run["dataset"] == "mnist5k" and np.array_equal(run.samples["indices"], expected)
 
@@ -187,3 +190,99 @@ def test_sweep_leaves_batch_norm_in_eval_mode_and_its_statistics_untouched(tmp_p
     assert not any(m.training for m in model.modules()), "the sweep left the model in training mode"
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "batch-norm statistics changed"
     assert {c["id"]: c["status"] for c in results["checks"]}[1] == "PASS"
+
+
+# --- threads, damaged run folders ---------------------------------------------------------------------------------
+
+def test_per_sample_outcomes_are_the_same_with_one_and_two_threads(mnist_jpeg_run, tmp_path):
+    """A trained JPEG-DL model under FGSM and random-start PGD on MNIST budgets: per-sample outcomes do not depend
+    on how many threads torch splits its kernels over (training's float rounding does; README, Threads)."""
+    from robustjpeg.loading import load_model
+
+    model, info = load_model(mnist_jpeg_run["checkpoint"])
+    x, y = eval_set(40)
+    suite = load_suite(write_suite(tmp_path, suite_toml(["0", "0.1", "0.3"], FGSM, {"name": "pgd", "kind": "pgd"})))
+    outcomes = {}
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        run_sweep(model, x, y, suite, tmp_path / f"t{threads}", model_info=info, progress=False)
+        outcomes[threads] = dict(np.load(tmp_path / f"t{threads}" / "samples.npz"))
+    torch.set_num_threads(1)
+    assert outcomes[1].keys() == outcomes[2].keys()
+    for name, one in outcomes[1].items():
+        assert np.array_equal(one, outcomes[2][name]), f"{name} differs between 1 and 2 threads"
+
+
+@pytest.fixture
+def finished_run(tmp_path):
+    """A finished sweep of the tiny trained CNN (FGSM and PGD over three budgets) and its per-sample outcomes."""
+    suite = load_suite(write_suite(tmp_path, suite_toml(["0", "0.1", "0.3"], FGSM,
+                                                         {"name": "pgd", "kind": "pgd", "steps": 5})))
+    x, y = eval_set(40)
+    run_sweep(trained_cnn(), x, y, suite, tmp_path / "run", progress=False)
+    with np.load(tmp_path / "run" / "samples.npz") as samples:
+        outcomes = {k: samples[k] for k in samples.files}
+    return tmp_path / "run", (suite, x, y), outcomes
+
+
+def _stats(folder):
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in sorted((folder / "cells").glob("*.npz"))}
+
+
+def _same_outcomes(folder, outcomes) -> bool:
+    with np.load(folder / "samples.npz") as samples:
+        return samples.files == list(outcomes) and all(np.array_equal(samples[k], v) for k, v in outcomes.items())
+
+
+def test_a_corrupt_cell_file_is_computed_again_with_a_warning_naming_it(finished_run):
+    folder, (suite, x, y), outcomes = finished_run
+    cell = folder / "cells" / "pgd_Linf_0.1.npz"
+    cell.write_bytes(cell.read_bytes()[:100])
+    before = _stats(folder)
+    with pytest.warns(RobustJpegWarning, match=f"{cell}.*computing that cell again"):
+        run_sweep(trained_cnn(), x, y, suite, folder, resume=True, progress=False)
+    after = _stats(folder)
+    assert [name for name in before if before[name] != after[name]] == [cell.name], "only the corrupt cell is redone"
+    assert _same_outcomes(folder, outcomes)
+
+
+def test_a_corrupt_run_json_is_named_and_moving_it_aside_recovers_without_recomputing(finished_run, capsys):
+    folder, (suite, x, y), outcomes = finished_run
+    (folder / "run.json").write_text('{"status": "comp')
+    assert main(["report", str(folder), "-o", str(folder.parent / "report")]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert str(folder / "run.json") in err and "move it aside" in err and "--resume" in err
+    before = _stats(folder)
+    (folder / "run.json").rename(folder / "run.json.broken")
+    run_sweep(trained_cnn(), x, y, suite, folder, resume=True, progress=False)
+    assert _stats(folder) == before, "finished cells were computed again"
+    assert _same_outcomes(folder, outcomes)
+    assert main(["report", str(folder), "-o", str(folder.parent / "report")]) == EXIT_OK
+
+
+@pytest.mark.parametrize("name", ["results.json", "samples.npz"])
+def test_a_corrupt_summary_file_says_the_resumed_sweep_rebuilds_it(finished_run, name):
+    folder, (suite, x, y), outcomes = finished_run
+    (folder / name).write_bytes(b"\x00garbage")
+    with pytest.raises(RunFolderError, match=f"{folder / name}.*rerun the same sweep with --resume: it rebuilds"):
+        load_run(folder)
+    before = _stats(folder)
+    run_sweep(trained_cnn(), x, y, suite, folder, resume=True, progress=False)
+    assert _stats(folder) == before and _same_outcomes(folder, outcomes)
+    load_run(folder)
+
+
+def test_a_shipped_suite_on_mnist_sweeps_the_mnist_budgets_with_its_headline(tmp_path):
+    """The README's `sweep ... --dataset mnist5k` with the default quick suite: budgets up to 0.3, headline at 0.3."""
+    from robustjpeg.budgets import FAMILY_BUDGETS
+
+    x, _ = eval_set(2)
+    torch.jit.trace(trained_cnn(), x).save(str(tmp_path / "tiny.pt"))
+    assert main(["sweep", str(tmp_path / "tiny.pt"), "--dataset", "mnist5k", "-n", "20", "-o", str(tmp_path / "run"),
+                 "--device", "cpu"]) in (EXIT_OK, EXIT_CHECK_FAILED)
+    results = read_run(tmp_path / "run").results
+    grid, standard = FAMILY_BUDGETS["mnist"]
+    assert results["eps"] == grid and results["standard_eps"] == standard
+    assert any(w["norm"] == "Linf" and w["eps"] == standard for w in results["worst_case"]), "the headline is missing"
+    checks = {c["name"]: c["status"] for c in results["checks"]}
+    assert checks["noise_weaker_than_attack"] != "SKIP" and checks["undefended_to_zero"] != "SKIP"

@@ -140,6 +140,15 @@ def smallcnn(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
         nn.AdaptiveAvgPool2d(7), nn.Flatten(), nn.Linear(32 * 49, num_classes))
 
 
+@MODELS.register("cnn_a")
+def cnn_a(num_classes: int = 10, in_channels: int = 3, input_size: int = 32) -> nn.Module:
+    """CNN-A of the SDP-FO verification paper (Dathathri et al. 2020): two strided 4x4 convolutions and two linear
+    layers; the architecture of the adversarially trained third-party models the attack tests run against."""
+    side = input_size // 4
+    return nn.Sequential(nn.Conv2d(in_channels, 16, 4, 2, 1), nn.ReLU(), nn.Conv2d(16, 32, 4, 2, 1), nn.ReLU(),
+                         nn.Flatten(), nn.Linear(32 * side * side, 100), nn.ReLU(), nn.Linear(100, num_classes))
+
+
 # --- torchvision ImageNet-style models (fine-grained data) --------------------------------------
 
 TORCHVISION = ("resnet18", "resnet50", "densenet121", "mobilenet_v2", "efficientnet_b0")

@@ -156,13 +156,10 @@ def test_standard_suite_on_a_pgd_trained_digit_model_lies_between_plain_pgd_and_
 
 def test_standard_suite_on_an_adversarially_trained_cifar_cnn_lies_between_plain_pgd_and_autoattack(
         cifar_jpeg_test_set, tmp_path):
-    state = torch.load(shared_file("models/robust/cifar_cnn_a_adv.pt"), weights_only=True)
-    from robustjpeg.models import Normalize
+    from robustjpeg.loading import load_model
 
-    net = nn.Sequential(nn.Conv2d(3, 16, 4, 2, 1), nn.ReLU(), nn.Conv2d(16, 32, 4, 2, 1), nn.ReLU(), nn.Flatten(),
-                        nn.Linear(2048, 100), nn.ReLU(), nn.Linear(100, 10))
-    net.load_state_dict(state)
-    model = nn.Sequential(Normalize(CIFAR_MEAN, CIFAR_STD), net).eval()
+    model, _ = load_model(shared_file("models/robust/cifar_cnn_a_adv.pt"), arch="cnn_a", mean=CIFAR_MEAN, std=CIFAR_STD)
+    model.eval()
     pixels, labels, _ = cifar_jpeg_test_set
     pick = torch.arange(0, len(labels), len(labels) // 48)[:48]
     suite = _at_standard_budgets("standard", [0.0, 2 / 255], [0.0, 0.25])

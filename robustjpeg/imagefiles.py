@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import os
+import posixpath
 import tarfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -129,7 +130,7 @@ class ImageFiles:
         found = {}
         with _open_tar(self.root, "r|*") as tf:
             for member in tf:
-                name = member.name.strip("/")
+                name = _member_name(member)
                 if member.isfile() and name.startswith(self.prefix) and name[len(self.prefix):] in wanted:
                     name = name[len(self.prefix):]
                     found[name] = tf.extractfile(member).read()
@@ -142,6 +143,12 @@ def _open_tar(path: Path, mode: str) -> tarfile.TarFile:
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise BadInput(f"imagefolder: {path} is not a readable tar archive ({exc}); check the file or unpack it "
                        "into a folder") from exc
+
+
+def _member_name(member: tarfile.TarInfo) -> str:
+    """A member's path without ./ or a leading /."""
+    name = posixpath.normpath(member.name).lstrip("/")
+    return "" if name == "." else name
 
 
 def _common_prefix(names: list[str]) -> str:
@@ -159,8 +166,8 @@ def _scan_tar(source: Path) -> ImageFiles:
     try:
         with _open_tar(source, "r:*") as tf:
             for member in tf:
-                name = member.name.strip("/")
-                if any(_hidden(p) for p in name.split("/")):
+                name = _member_name(member)
+                if not name or any(_hidden(p) for p in name.split("/")):
                     continue
                 if member.isdir():
                     folders.add(name)

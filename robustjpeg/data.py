@@ -29,10 +29,12 @@ import torch
 from torch import Tensor
 
 from robustjpeg.errors import BadInput, ConfigError, DatasetNotFound
-from robustjpeg.imagefiles import ImageFiles, default_workers, open_image, parallel_map
+from robustjpeg.imagefiles import ImageFiles, default_workers
 from robustjpeg.io import atomic_save_npz, file_sha256
 from robustjpeg.preprocess import Preprocess, eval_transform, train_transform
 from robustjpeg.registry import Registry
+from robustjpeg.splits import (ImageSplit, TensorSplit, TorchvisionSplit, channels_of, decode_images, decode_split,
+                               first_of_each_size, fitter, sizes_differ, to_tensor)
 
 DATASETS: Registry["Dataset"] = Registry("dataset")
 
@@ -42,7 +44,6 @@ FINE_PREPROCESS = Preprocess(input_size=(224, 224), crop_pct=0.875, interpolatio
 FAMILIES = ("mnist", "cifar", "fine")
 FAST_PATH_BYTES = 2 * 2**30   # decoded training sets up to this size are held as uint8 tensors (on the device)
 SAMPLE_IMAGES = 1000          # training images read to learn channels, sizes and statistics of a lazy set
-DECODE_CHUNK = 2048
 
 
 class Lazy:
@@ -68,135 +69,6 @@ class _Deferred:
 
     def __set__(self, obj, value) -> None:
         obj.__dict__[self.key] = value
-
-
-def _mode_of(channels: int | None) -> str | None:
-    return {None: None, 1: "L", 3: "RGB"}[channels]
-
-
-def _prepared(img, prepare: Callable | None, where: str):
-    """prepare(img), with a BadInput it raises prefixed by the file it concerns."""
-    if prepare is None:
-        return img
-    try:
-        return prepare(img)
-    except BadInput as exc:
-        raise BadInput(f"{where} {exc}") from exc
-
-
-# --- splits --------------------------------------------------------------------------------------
-# Every split offers len, y (labels), where(i) (a name for messages), peek(idx) ((grey?, (H, W)) per image,
-# without decoding where the format allows) and images(idx, ...) (decoded PIL images, optionally prepared).
-
-@dataclass
-class TensorSplit:
-    """A whole split decoded once: x uint8 [N, C, H, W], y int64 [N]."""
-
-    x: Tensor
-    y: Tensor
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def subset(self, idx: Tensor) -> "TensorSplit":
-        return TensorSplit(self.x[idx], self.y[idx])
-
-    def where(self, i: int) -> str:
-        return f"image {i} of the split"
-
-    def peek(self, idx: list[int], workers: int) -> list[tuple[bool, tuple[int, int]]]:
-        return [(self.x.shape[1] == 1, tuple(self.x.shape[-2:]))] * len(idx)
-
-    def images(self, idx: list[int], workers: int, channels: int | None = None, prepare: Callable | None = None) -> list:
-        from PIL import Image
-
-        def one(i: int):
-            pixels = self.x[i].permute(1, 2, 0).numpy()
-            img = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
-            return _prepared(img.convert(_mode_of(channels)) if channels else img, prepare, self.where(i))
-
-        return parallel_map(one, idx, workers)
-
-
-class _LazySplit(torch.utils.data.Dataset):
-    """A split whose images are decoded when asked for; items are (transform(image), label)."""
-
-    transform: Callable | None
-    channels: int | None
-    y: Tensor
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def image(self, i: int, channels: int | None = None):
-        raise NotImplementedError
-
-    def where(self, i: int) -> str:
-        raise NotImplementedError
-
-    def __getitem__(self, i: int) -> tuple[Tensor, int]:
-        return _prepared(self.image(i), self.transform, self.where(i)), int(self.y[i])
-
-    def peek(self, idx: list[int], workers: int) -> list[tuple[bool, tuple[int, int]]]:
-        return [(im.mode == "L", (im.height, im.width)) for im in self.images(idx, workers)]
-
-    def images(self, idx: list[int], workers: int, channels: int | None = None, prepare: Callable | None = None) -> list:
-        return parallel_map(lambda i: _prepared(self.image(i, channels), prepare, self.where(i)), idx, workers)
-
-
-class ImageSplit(_LazySplit):
-    """A split read lazily from image files (a folder, a tar, or listed paths); items are (transform(img), label)."""
-
-    def __init__(self, files: ImageFiles | list[Path], labels: list[int], transform: Callable | None = None,
-                 channels: int | None = None) -> None:
-        self.files = files if isinstance(files, ImageFiles) else ImageFiles.of_paths(list(files))
-        self.transform, self.channels = transform, channels
-        self.y = torch.as_tensor(list(labels), dtype=torch.int64)
-
-    def image(self, i: int, channels: int | None = None):
-        return open_image(self.files.read(i), self.files.where(i), channels or self.channels)
-
-    def where(self, i: int) -> str:
-        return self.files.where(i)
-
-    def peek(self, idx: list[int], workers: int) -> list[tuple[bool, tuple[int, int]]]:
-        return self.files.peek_many(idx, workers)
-
-    def images(self, idx: list[int], workers: int, channels: int | None = None, prepare: Callable | None = None) -> list:
-        blobs = self.files.read_many(idx, workers)
-
-        def one(k: int):
-            img = open_image(blobs[k], self.where(idx[k]), channels or self.channels)
-            blobs[k] = b""
-            return _prepared(img, prepare, self.where(idx[k]))
-
-        return parallel_map(one, range(len(idx)), workers)
-
-    def subset(self, idx: Tensor) -> "ImageSplit":
-        keep = torch.as_tensor(idx).tolist()
-        return ImageSplit(self.files.subset(keep), self.y[keep].tolist(), self.transform, self.channels)
-
-    def with_transform(self, transform: Callable, channels: int | None) -> "ImageSplit":
-        """The same files read with another transform and channel count (training crops, test geometry)."""
-        return ImageSplit(self.files, self.y.tolist(), transform, channels)
-
-
-class _TorchvisionSplit(_LazySplit):
-    """A torchvision data set (PIL images) with our transform and a label tensor `y` (for stratified subsets)."""
-
-    def __init__(self, base, labels: list[int], transform: Callable | None = None, channels: int | None = None) -> None:
-        self.base, self.transform, self.channels = base, transform, channels
-        self.y = torch.tensor(labels, dtype=torch.int64)
-
-    def image(self, i: int, channels: int | None = None):
-        return self.base[i][0].convert(_mode_of(channels or self.channels or 3))
-
-    def where(self, i: int) -> str:
-        files = getattr(self.base, "_image_files", None)
-        return str(files[i]) if files is not None else f"image {i} of {type(self.base).__name__}"
-
-    def with_transform(self, transform: Callable, channels: int | None) -> "_TorchvisionSplit":
-        return _TorchvisionSplit(self.base, self.y.tolist(), transform, channels)
 
 
 # --- the dataset ---------------------------------------------------------------------------------
@@ -274,74 +146,6 @@ def stratified_indices(labels: Tensor, n: int, seed: int) -> Tensor:
     return torch.sort(torch.cat(picks)).values
 
 
-# --- decoding ------------------------------------------------------------------------------------
-
-def _channels_of(looks: list, split, idx: list[int]) -> int:
-    """1 when every image is grey, 3 when every one is colour; a mix is refused, naming one of each."""
-    grey = [g for g, _ in looks]
-    if all(grey) or not any(grey):
-        return 1 if grey[0] else 3
-    g, c = grey.index(True), grey.index(False)
-    raise BadInput(f"{split.where(idx[g])} is grey but {split.where(idx[c])} is colour; read every image one way "
-                   "with --channels 3 (or --channels 1), or convert the files to one mode")
-
-
-def _first_of_each_size(looks: list) -> dict[tuple[int, int], int]:
-    sizes: dict[tuple[int, int], int] = {}
-    for k, (_, size) in enumerate(looks):
-        sizes.setdefault(tuple(size), k)
-    return sizes
-
-
-def _sizes_differ(sizes: dict, split, idx: list[int], example: str = "") -> BadInput:
-    shown = ", ".join(f"{split.where(idx[k])} {h}x{w}" for (h, w), k in list(sizes.items())[:2])
-    return BadInput(f"images differ in size ({shown}, ...); pass --input-size H[,W]{example} (and --resize / "
-                    "--crop-pct) to resize and centre-crop them")
-
-
-def _resize_for(looks: list, split, idx: list[int], request: Preprocess, defaults: tuple) -> Preprocess | None:
-    """The complete resize these images need: the request's if it asks for one, else one only if sizes differ."""
-    sizes = _first_of_each_size(looks)
-    if not request.explicit and len(sizes) == 1:
-        return None
-    own = Preprocess(input_size=next(iter(sizes))) if len(sizes) == 1 else None
-    pre = request.over(*defaults, own)
-    if pre.input_size is None:
-        raise _sizes_differ(sizes, split, idx)
-    return pre.complete()
-
-
-def _to_tensor(images: list) -> Tensor:
-    """PIL images of one size and mode -> uint8 [N, C, H, W], filled in place (no second copy of the batch)."""
-    first = np.asarray(images[0])
-    h, w = first.shape[:2]
-    c = 1 if first.ndim == 2 else first.shape[2]
-    out = torch.empty((len(images), c, h, w), dtype=torch.uint8)
-    for k, im in enumerate(images):
-        out[k] = torch.from_numpy(np.array(im).reshape(h, w, c)).permute(2, 0, 1)
-    return out
-
-
-def _fitter(pre: Preprocess | None) -> Callable | None:
-    from robustjpeg.preprocess import fit_image
-
-    return None if pre is None else functools.partial(fit_image, pre=pre)
-
-
-def decode_images(split, idx: list[int], request: Preprocess = Preprocess(), defaults: tuple = (),
-                  channels: int | None = None, workers: int | None = None) -> tuple[Tensor, Preprocess | None]:
-    """The chosen images as uint8 NCHW and the resize applied to them (None: used as they are).
-
-    Headers come first (channels, sizes), then each image is decoded and, when asked for or when sizes differ,
-    resized and centre-cropped in the same worker, so only the n results are held.
-    """
-    workers = workers or default_workers()
-    looks = split.peek(idx, workers)
-    depth = channels or _channels_of(looks, split, idx)
-    pre = _resize_for(looks, split, idx, request, defaults)
-    return _to_tensor(split.images(idx, workers, depth, prepare=_fitter(pre))), pre
-
-
 @dataclass
 class EvalData:
     """An evaluation subset: x float32 NCHW in [0, 1], y int64, indices into the test split, facts for run.json."""
@@ -399,19 +203,6 @@ def family_of(channels: int, size: tuple[int, int]) -> str:
     return "cifar" if max(size) <= 64 else "fine"
 
 
-def decode_split(split, pre: Preprocess | None, channels: int | None, workers: int | None = None) -> Tensor:
-    """Every image of a split as uint8 NCHW, in chunks: resized by pre (complete), or all of one size and mode."""
-    parts = []
-    for start in range(0, len(split), DECODE_CHUNK):
-        idx = list(range(start, min(start + DECODE_CHUNK, len(split))))
-        parts.append(decode_images(split, idx, pre or Preprocess(), channels=channels, workers=workers)[0])
-        if parts[-1].shape[1:] != parts[0].shape[1:]:
-            shapes = ["x".join(map(str, p.shape[1:])) for p in (parts[0], parts[-1])]
-            raise BadInput(f"{split.where(0)} is {shapes[0]} (CxHxW) but {split.where(start)} is {shapes[1]}; pass "
-                           "--input-size H[,W] to resize every image, or --channels to read them all one way")
-    return torch.cat(parts) if len(parts) > 1 else parts[0]
-
-
 def training_dataset(ds: Dataset, request: Preprocess = Preprocess(), recipe: str | None = None,
                      workers: int | None = None) -> Dataset:
     """The dataset as training reads it, with family, channels, input size, statistics and splits settled.
@@ -428,23 +219,25 @@ def training_dataset(ds: Dataset, request: Preprocess = Preprocess(), recipe: st
         return ds.replaced(family=recipe or ds.family, in_channels=int(train.x.shape[1]))
     sample = stratified_indices(train.y, min(SAMPLE_IMAGES, len(train)), 0).tolist()
     looks = train.peek(sample, workers)
-    channels = ds.channels or _channels_of(looks, train, sample)
-    sizes = _first_of_each_size(looks)
+    channels = ds.channels or channels_of(looks, train, sample)
+    sizes = first_of_each_size(looks)
     size = request.input_size or ds.preprocess.input_size or (next(iter(sizes)) if len(sizes) == 1 else None)
     if size is None:
-        raise _sizes_differ(sizes, train, sample, " (e.g. 224: the crops training and testing use)")
+        raise sizes_differ(sizes, train, sample, " (e.g. 224: the crops training and testing use)")
     family = recipe or ds.family or family_of(channels, size)
     resized = request.explicit or set(sizes) != {tuple(size)}
     pre = request.over(ds.preprocess, Preprocess(input_size=size)).complete()
     applied = pre if resized else None
-    if isinstance(train, TensorSplit) or (family != "fine" and len(train) * channels * size[0] * size[1] <= FAST_PATH_BYTES):
-        splits = {name: TensorSplit(decode_cached_split(getattr(ds, name), applied, ds.channels, workers),
-                                    getattr(ds, name).y) for name in ("train", "test")}
-        pixels = splits["train"].x
+    decoded_bytes = len(train) * channels * size[0] * size[1]
+    if isinstance(train, TensorSplit) or (family != "fine" and decoded_bytes <= FAST_PATH_BYTES):
+        pixels = decode_cached_split(train, applied, ds.channels, workers)
+        channels = int(pixels.shape[1])  # every image, not just the sample
+        splits = {"train": TensorSplit(pixels, train.y),
+                  "test": TensorSplit(decode_cached_split(ds.test, applied, channels, workers), ds.test.y)}
     else:
         splits = {"train": train.with_transform(train_transform(pre, family), channels),
                   "test": ds.test.with_transform(eval_transform(pre), channels)}
-        pixels = _to_tensor(train.images(sample, workers, channels, prepare=_fitter(pre)))
+        pixels = to_tensor(train.images(sample, workers, channels, prepare=fitter(pre)))
     mean, std = (ds.mean, ds.std) if ds.mean is not None else channel_stats(pixels)
     side = int(size[0]) if size[0] == size[1] else list(size)
     return ds.replaced(**splits, family=family, channels=channels, in_channels=channels, input_size=side,
@@ -566,7 +359,7 @@ def _torchvision_fine(name: str, root: Path | None, download: bool) -> Dataset:
         bases = {split: cls(str(root), download=download, **kw) for split, kw in split_kwargs.items()}
     except (RuntimeError, FileNotFoundError) as exc:
         raise DatasetNotFound(f"{name} not found under {root} ({exc}); pass --download, or --data-root DIR") from exc
-    splits = {split: _TorchvisionSplit(b, _labels_of(b)) for split, b in bases.items()}
+    splits = {split: TorchvisionSplit(b, _labels_of(b)) for split, b in bases.items()}
     classes = list(getattr(bases["train"], "classes", [str(i) for i in range(int(splits["train"].y.max()) + 1)]))
     return Dataset(name, classes, IMAGENET_MEAN, IMAGENET_STD, "fine", splits["train"], splits["test"],
                    val=splits.get("val"), preprocess=FINE_PREPROCESS)

@@ -61,6 +61,7 @@ class ImageFiles:
                  compressed: bool = False, prefix: str = "") -> None:
         self.root, self.names, self.classes_of = root, names, classes_of
         self.spans, self.compressed, self.prefix = spans, compressed, prefix
+        self._name = _where(root, prefix) if root is not None else str
         self._blobs: dict[str, bytes] | None = None
         self._last: tuple[frozenset, dict[str, bytes]] = (frozenset(), {})
 
@@ -81,9 +82,7 @@ class ImageFiles:
 
     def where(self, i: int) -> str:
         """The file as a user finds it: path of a file, or tar:member."""
-        if self.root is None:
-            return self.names[i]
-        return _where(self.root, self.prefix)(self.names[i])
+        return self._name(self.names[i])
 
     def classes(self) -> list[str]:
         """Sorted class folder names."""

@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 
 from conftest import shared_file
-from robustjpeg import data
+from sweep_models import suite_toml, write_suite
+from robustjpeg import data, splits
 from robustjpeg.errors import BadInput, DatasetNotFound
 from robustjpeg.imagefiles import ImageFiles
 from robustjpeg.preprocess import Preprocess
@@ -61,7 +62,7 @@ def _write(root: Path, members, per_class: int, image=None) -> Path:
             if image is None:
                 target.write_bytes(blob)
             else:
-                image(blob, k).save(target.with_suffix(".png"))
+                image(blob, k).save(target.with_suffix(".png"), compress_level=1)
     return root
 
 
@@ -99,8 +100,8 @@ def test_eval_decodes_its_subset_alone_and_never_touches_the_training_split(cifa
     _write(root / "test", cifar_members, 20)
     (root / "train" / "cat" / "broken.jpg").write_bytes(b"not a jpeg")
     opened = []
-    real_open = data.open_image
-    monkeypatch.setattr(data, "open_image", lambda blob, where, channels=None: opened.append(where) or
+    real_open = splits.open_image
+    monkeypatch.setattr(splits, "open_image", lambda blob, where, channels=None: opened.append(where) or
                         real_open(blob, where, channels))
     ds = data.load_dataset(f"imagefolder:{root}")
     subset = data.eval_subset(ds, 30, seed=0)
@@ -310,9 +311,10 @@ def test_eval_cli_resizes_mixed_photos_and_records_it_in_run_json(cifar_members,
     from robustjpeg.cli import EXIT_CHECK_FAILED, EXIT_OK, main
 
     root = _write(tmp_path / "mixed", cifar_members, 3, _bicubic_copy)
+    suite = write_suite(tmp_path, suite_toml(["0", "1/255"], {"name": "fgsm", "kind": "fgsm"}, standard_eps="1/255"))
     code = main(["eval", str(resnet20_checkpoint), "--arch", "resnet20", "--mean", "0.485", "0.456", "0.406",
                  "--std", "0.229 0.224 0.225", "--input-size", "32", "--dataset", f"imagefolder:{root}", "-n", "20",
-                 "--suite", "quick", "--eps", "0", "-o", str(tmp_path / "out"), "--device", "cpu"])
+                 "--suite", str(suite), "-o", str(tmp_path / "out"), "--device", "cpu"])
     assert code in (EXIT_OK, EXIT_CHECK_FAILED)
     run = json.loads((tmp_path / "out" / "runs" / resnet20_checkpoint.stem / "run.json").read_text())
     assert run["data"]["decoded"] == 20 and run["data"]["resized_in_data"]["input_size"] == [32, 32]

@@ -61,7 +61,7 @@ class ImageFiles:
                  compressed: bool = False, prefix: str = "") -> None:
         self.root, self.names, self.classes_of = root, names, classes_of
         self.spans, self.compressed, self.prefix = spans, compressed, prefix
-        self._name = _where(root, prefix) if root is not None else str
+        self._in_folder = root is not None and root.is_dir()
         self._blobs: dict[str, bytes] | None = None
         self._last: tuple[frozenset, dict[str, bytes]] = (frozenset(), {})
 
@@ -82,7 +82,9 @@ class ImageFiles:
 
     def where(self, i: int) -> str:
         """The file as a user finds it: path of a file, or tar:member."""
-        return self._name(self.names[i])
+        if self.root is None:
+            return self.names[i]
+        return _name_in(self.root, self.names[i], self.prefix, self._in_folder)
 
     def classes(self) -> list[str]:
         """Sorted class folder names."""
@@ -193,14 +195,18 @@ def _scan_folder(root: Path) -> ImageFiles:
     return ImageFiles(root, names, classes_of)
 
 
-def _where(source: Path, prefix: str = "") -> Callable[[str], str]:
+def _name_in(source: Path, name: str, prefix: str, in_folder: bool) -> str:
     """How a file of the split is named in messages: its path, or archive:member."""
-    return (lambda n: f"{source}/{n}") if source.is_dir() else (lambda n: f"{source}:{prefix}{n}")
+    return f"{source}/{name}" if in_folder else f"{source}:{prefix}{name}"
 
 
 def _check_layout(names: list[str], class_dirs: set[str], source: Path, prefix: str = "") -> tuple[list[str], list[str]]:
     """Images inside class folders, sorted; refuse loose images, non-image files in class folders, empty classes."""
-    where = _where(source, prefix)
+    in_folder = source.is_dir()
+
+    def where(name: str) -> str:
+        return _name_in(source, name, prefix, in_folder)
+
     loose = [n for n in names if "/" not in n and _is_image(n)]
     if loose:
         raise BadInput(f"imagefolder: {where(loose[0])} is not inside a class folder; put each image in "

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from robustjpeg.errors import BadInput, ConfigError, DatasetNotFound
-from robustjpeg.imagefiles import ImageFiles, default_workers
+from robustjpeg.imagefiles import ImageFiles, class_folders, default_workers
 from robustjpeg.io import atomic_save_npz, file_sha256
 from robustjpeg.preprocess import Preprocess, eval_transform, train_transform
 from robustjpeg.registry import Registry
@@ -462,13 +462,6 @@ def _split_sources(path: Path) -> dict[str, Path]:
     return found
 
 
-def _class_folders(source: Path) -> list[str]:
-    """Class names of a split without listing its images: the subfolders of a folder (torchvision's rule)."""
-    if source.is_dir():
-        return sorted(d.name for d in source.iterdir() if d.is_dir() and not d.name.startswith("."))
-    return ImageFiles.scan(source).classes()
-
-
 def _labelled(files: ImageFiles, classes: list[str], origin: Path) -> ImageSplit:
     index = {c: i for i, c in enumerate(classes)}
     unknown = sorted(set(files.classes_of) - set(index))
@@ -492,7 +485,7 @@ def load_imagefolder(path: Path, name: str | None = None) -> Dataset:
     scan = functools.cache(ImageFiles.scan)
 
     def classes() -> list[str]:
-        return _class_folders(sources["train"]) if "train" in sources else scan(eval_source).classes()
+        return class_folders(sources["train"]) if "train" in sources else scan(eval_source).classes()
 
     def split(source: Path | None, problem: str) -> Lazy:
         def read() -> ImageSplit:
@@ -506,7 +499,7 @@ def load_imagefolder(path: Path, name: str | None = None) -> Dataset:
                        "reads DIR/train/<class>/<image> and tests on DIR/test/ (or val/)"),
                  split(eval_source, "has train/ but no test/ or val/ split to evaluate on; add one, or point "
                        "imagefolder: at a split folder"),
-                 val=split(sources.get("val"), "has no val/ split") if "val" in sources else None)
+                 val=split(sources["val"], "") if "val" in sources else None)
     return ds
 
 
@@ -524,7 +517,8 @@ def decode_cached_split(split, pre: Preprocess | None, channels: int | None, wor
     if files is None or files.root is None:
         return decode_split(split, pre, channels, workers)
     settings = json.dumps({"pre": pre.to_dict() if pre else None, "channels": channels}, sort_keys=True)
-    key = hashlib.sha256(f"{_source_key(files.root)}:{len(files)}:{settings}".encode()).hexdigest()[:24]
+    names = hashlib.sha256("\n".join(files.names).encode()).hexdigest()
+    key = hashlib.sha256(f"{_source_key(files.root)}:{names}:{settings}".encode()).hexdigest()[:24]
     cache = _cache_dir() / f"imagefolder-{key}.npz"
     if cache.is_file():
         with np.load(cache) as z:

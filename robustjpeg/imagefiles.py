@@ -17,6 +17,7 @@ import io
 import os
 import posixpath
 import tarfile
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable, TypeVar
@@ -25,6 +26,7 @@ from robustjpeg.errors import BadInput, DatasetNotFound
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".webp", ".tif", ".tiff", ".gif")
 COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")
+TAR_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error)
 T = TypeVar("T")
 
 
@@ -97,11 +99,12 @@ class ImageFiles:
         out._blobs = self._blobs
         return out
 
+    def _path(self, i: int) -> Path:
+        return Path(self.names[i]) if self.root is None else self.root / self.names[i]
+
     def read(self, i: int) -> bytes:
-        if self.root is None:
-            return Path(self.names[i]).read_bytes()
-        if self.root.is_dir():
-            return (self.root / self.names[i]).read_bytes()
+        if self.root is None or self._in_folder:
+            return self._path(i).read_bytes()
         if self.compressed:
             if self._blobs is None:
                 self._blobs = self._stream(set(self.names))
@@ -122,8 +125,8 @@ class ImageFiles:
 
     def peek_many(self, idx: list[int], workers: int) -> list[tuple[bool, tuple[int, int]]]:
         """(grey?, (H, W)) of several files from their headers, without decoding the pixels."""
-        if self.root is not None and self.root.is_dir():
-            return parallel_map(lambda i: _peek(self.root / self.names[i], self.where(i)), idx, workers)
+        if self.root is None or self._in_folder:
+            return parallel_map(lambda i: _peek(self._path(i), self.where(i)), idx, workers)
         blobs = self.read_many(idx, workers)
         return parallel_map(lambda k: _peek(io.BytesIO(blobs[k]), self.where(idx[k])), range(len(idx)), workers)
 
@@ -138,10 +141,17 @@ class ImageFiles:
         return found
 
 
+def class_folders(source: Path) -> list[str]:
+    """Class names of a split without listing its images: a folder's subfolders (torchvision's rule), a tar's scan."""
+    if source.is_dir():
+        return sorted(d.name for d in source.iterdir() if d.is_dir() and not _hidden(d.name))
+    return ImageFiles.scan(source).classes()
+
+
 def _open_tar(path: Path, mode: str) -> tarfile.TarFile:
     try:
         return tarfile.open(path, mode)
-    except (tarfile.TarError, OSError, EOFError) as exc:
+    except TAR_ERRORS as exc:
         raise BadInput(f"imagefolder: {path} is not a readable tar archive ({exc}); check the file or unpack it "
                        "into a folder") from exc
 
@@ -174,7 +184,7 @@ def _scan_tar(source: Path) -> ImageFiles:
                     folders.add(name)
                 elif member.isfile():
                     files.append((name, member.offset_data, member.size))
-    except (tarfile.TarError, OSError, EOFError) as exc:
+    except TAR_ERRORS as exc:
         raise BadInput(f"imagefolder: {source} is truncated or not a tar archive ({exc}); check the file") from exc
     prefix = _common_prefix([n for n, _, _ in files if _is_image(n)])
     entries = [(n[len(prefix):], off, size) for n, off, size in sorted(files) if n.startswith(prefix)]

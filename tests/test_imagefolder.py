@@ -266,6 +266,13 @@ def test_bad_split_is_refused_in_one_line_naming_the_file_and_the_fix(breach, ci
     assert "\n" not in str(caught.value)
 
 
+def test_a_truncated_archive_is_refused_in_one_line_naming_it(cifar_members, tmp_path):
+    archive = _tar(_write(tmp_path / "split", cifar_members, 5), tmp_path / "split.tar.gz", "test")
+    archive.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    with pytest.raises(BadInput, match=r"split.tar.gz is truncated or not a tar archive .*; check the file"):
+        data.load_dataset(f"imagefolder:{archive}").test
+
+
 def test_grey_among_colour_is_read_in_colour_with_channels_3(cifar_members, tmp_path):
     root = _write(tmp_path / "split", [m for m in cifar_members if m[0] in ("cat", "dog")], 3)
     _grey_among_colour(root)

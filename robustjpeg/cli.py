@@ -13,6 +13,7 @@ from pathlib import Path
 from robustjpeg import __version__
 from robustjpeg.budgets import parse_budget, parse_eps_list
 from robustjpeg.errors import ConfigError, RobustJpegError, RobustJpegWarning
+from robustjpeg.preprocess import INTERPOLATIONS, Preprocess, parse_input_size
 
 EXIT_OK, EXIT_CRASH, EXIT_USAGE, EXIT_REGRESSION, EXIT_CHECK_FAILED = 0, 1, 2, 3, 4
 # What to do after Ctrl-C, per command (train, sweep and eval take --resume; bench resumes by itself).
@@ -82,13 +83,53 @@ def _comma_list(cast: type, example: str):
     return _flag(parse)
 
 
+class _Numbers(argparse.Action):
+    """Per-channel numbers as 0.485,0.456,0.406 or 0.485 0.456 0.406 (the form timm and torchvision scripts use)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        tokens = " ".join(values).replace(",", " ").split()
+        bad = [t for t in tokens if not _is_number(t)]
+        if bad:
+            parser.error(f"{option_string} takes numbers such as 0.485,0.456,0.406 or 0.485 0.456 0.406, not {bad[0]!r}"
+                         " (put CHECKPOINT before the flags)")
+        setattr(namespace, self.dest, tuple(float(t) for t in tokens))
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    """How images are read (train, sweep and eval share these)."""
+    p.add_argument("--channels", type=int, choices=[1, 3], default=None,
+                   help="read every image grey (1) or in colour (3); default: grey only when every image is grey")
+
+
+def _add_preprocess_args(g) -> None:
+    """The resize and centre crop of timm's eval (train, sweep and eval share these)."""
+    g.add_argument("--resize", type=int, default=None, metavar="PIXELS",
+                   help="shorter side before the centre crop (default floor(max(H, W) / crop-pct); 0: crop only)")
+    g.add_argument("--crop-pct", type=float, default=None, help="fraction the centre crop keeps, e.g. 0.875 (default 1)")
+    g.add_argument("--interpolation", choices=INTERPOLATIONS, default=None, help="resize filter (default bilinear)")
+
+
 def _add_train(p: argparse.ArgumentParser) -> None:
     _common(p)
     _add_threads(p)
     p.add_argument("--dataset", default="mnist5k",
                    help="mnist5k (default, offline: 5,000 digits of MNIST's training split, fixed 4,000/1,000 split), "
                    "cifar10, cifar100, flowers102, pets, cars, aircraft, cub200, or imagefolder:PATH (a folder with "
-                   "train/ and test/ in ImageFolder layout, or with train.tar.gz and test.tar.gz)")
+                   "train/ and test/ (or val/) in ImageFolder layout, folders or .tar / .tar.gz)")
+    p.add_argument("--recipe", choices=["mnist", "cifar", "fine"], default=None,
+                   help="recipe family (default: from the data: grey up to 32 px mnist, up to 64 px cifar, else fine)")
+    p.add_argument("--input-size", default=None, help="crop size N or H,W (default: the images' size, or 224 for "
+                   "fine-grained sets); images of several sizes need it")
+    _add_preprocess_args(p)
+    _add_data_args(p)
     p.add_argument("--arch", default=None, help="backbone (default per dataset: smallcnn, resnet20, tv_resnet18)")
     kind = p.add_mutually_exclusive_group()
     kind.add_argument("--jpeg", action="store_true", help="JPEG-DL: a trainable JPEG layer in front of the backbone")
@@ -131,6 +172,7 @@ def _train_config(args: argparse.Namespace):
         raise ConfigError("--jpeg-lr sets the trainable JPEG tables' optimiser; it needs --jpeg")
     variant = "jpeg" if args.jpeg else "jpeg-fixed" if args.jpeg_fixed is not None else "baseline"
     quality = next(q for q in (args.jpeg_fixed, args.jpeg_quality, TrainConfig.jpeg_quality) if q is not None)
+    size = parse_input_size(args.input_size) if args.input_size else None
     return TrainConfig(
         dataset=args.dataset, arch=args.arch, variant=variant, jpeg_alpha=args.alpha, jpeg_hardness=args.hardness,
         jpeg_init=args.jpeg_init, jpeg_quality=quality, jpeg_constant=args.jpeg_constant, init_from=args.init_from,
@@ -138,7 +180,8 @@ def _train_config(args: argparse.Namespace):
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         milestones=args.milestones, jpeg_lr=TrainConfig.jpeg_lr if args.jpeg_lr is None else args.jpeg_lr,
         seed=args.seed, train_subset=args.train_subset, data_root=args.data_root, download=args.download,
-        compile=args.compile, device=args.device, workers=args.workers)
+        compile=args.compile, device=args.device, workers=args.workers, recipe=args.recipe, input_size=size,
+        resize=args.resize, crop_pct=args.crop_pct, interpolation=args.interpolation, channels=args.channels)
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -167,9 +210,10 @@ def _add_model_source_args(p: argparse.ArgumentParser) -> None:
                    "else the file stem plus the start of its content hash)")
     g.add_argument("--arch", default=None, help="architecture of a weights-only file: ours (e.g. resnet20), torchvision:NAME or timm:NAME")
     g.add_argument("--num-classes", type=int, default=None, help="classes of the model (default: read from the file)")
-    g.add_argument("--mean", type=_comma_list(float, "0.5,0.5,0.5"), default=None, help="normalise inputs inside the model, e.g. 0.485,0.456,0.406 (with --std)")
-    g.add_argument("--std", type=_comma_list(float, "0.5,0.5,0.5"), default=None, help="per-channel std, e.g. 0.229,0.224,0.225 (with --mean)")
-    g.add_argument("--input-size", default=None, help="input size the model expects, N or H,W; other data sizes are resized inside the model")
+    g.add_argument("--mean", nargs="+", action=_Numbers, default=None, help="normalise inputs inside the model, e.g. 0.485,0.456,0.406 or 0.485 0.456 0.406 (with --std)")
+    g.add_argument("--std", nargs="+", action=_Numbers, default=None, help="per-channel std, e.g. 0.229,0.224,0.225 (with --mean)")
+    g.add_argument("--input-size", default=None, help="input size the model expects, N or H,W; data of one other size are resized inside the model, images of several sizes resized and centre-cropped")
+    _add_preprocess_args(g)
     g.add_argument("--trust-checkpoint", action="store_true", help="allow a checkpoint that runs pickled Python code on load (only for files you trust)")
     g.add_argument("--threat-model", default=None, help="RobustBench threat model for robustbench:NAME (Linf, L2, corruptions; default Linf)")
     g.add_argument("--model-dir", type=Path, default=None, help="RobustBench model folder holding <dataset>/<threat>/<NAME>.pt (default ./models)")
@@ -180,8 +224,11 @@ def _add_sweep_args(p: argparse.ArgumentParser) -> None:
     _common(p, evaluates=True, suite=True)
     _add_threads(p)
     _add_model_source_args(p)
-    p.add_argument("--dataset", required=True, help="evaluation data, e.g. mnist5k, cifar10, imagefolder:PATH")
+    p.add_argument("--dataset", required=True, help="evaluation data, e.g. mnist5k, cifar10, flowers102, imagefolder:PATH "
+                   "(a folder of class folders or a tar of one; or a folder with test/ or val/)")
     p.add_argument("--data-root", type=Path, default=None, help="folder holding the data set files")
+    _add_data_args(p)
+    p.add_argument("--workers", type=int, default=None, help="threads that decode the evaluation images (default: CPUs, at most 8)")
     p.add_argument("--download", action="store_true", help="allow downloading the data set or a missing RobustBench checkpoint")
     p.add_argument("--resume", action="store_true", help="finish an interrupted sweep, redoing nothing that finished")
     p.add_argument("--transfer-from", default=None, metavar="CKPT", help="source model for transfer attacks (adaptive suite)")
@@ -201,7 +248,8 @@ def _load(args: argparse.Namespace, device):
     return load_model(str(args.checkpoint or args.spec), device=device, download=args.download, arch=args.arch,
                       num_classes=args.num_classes, mean=args.mean, std=args.std, input_size=args.input_size,
                       trust=args.trust_checkpoint, threat_model=args.threat_model, model_dir=args.model_dir,
-                      name=args.name)
+                      name=args.name, resize=args.resize, crop_pct=args.crop_pct,
+                      interpolation=args.interpolation)
 
 
 def _sweep(args: argparse.Namespace, place) -> tuple[dict, Path]:
@@ -209,7 +257,7 @@ def _sweep(args: argparse.Namespace, place) -> tuple[dict, Path]:
     returns the results and that run folder."""
     from robustjpeg.attacks import load_suite
     from robustjpeg.budgets import fit_suite
-    from robustjpeg.data import eval_tensors, load_dataset
+    from robustjpeg.data import eval_subset, load_dataset
     from robustjpeg.io import resolve_device
     from robustjpeg.loading import fit_to_data, load_model
     from robustjpeg.distributed import is_main, launch
@@ -218,18 +266,20 @@ def _sweep(args: argparse.Namespace, place) -> tuple[dict, Path]:
 
     launch()  # under torchrun: join the process group and pick this rank's GPU before anything touches CUDA
     suite = load_suite(args.suite or "quick")
-    data = load_dataset(args.dataset, args.data_root, args.download)
+    data = load_dataset(args.dataset, args.data_root, args.download, args.channels)
     suite = fit_suite(suite, args.suite or "quick", data.family, args.eps, args.standard_eps)
     device = resolve_device(args.device)
     model, info = _load(args, device)
     source = load_model(args.transfer_from, device=device)[0] if args.transfer_from else None
-    x, y, indices = eval_tensors(data, args.num_examples, args.seed)
+    subset = eval_subset(data, args.num_examples, args.seed, Preprocess.from_dict(info.get("preprocess")),
+                         Preprocess.from_dict(info.get("preprocess_defaults")), args.workers)
+    x, y = subset.x, subset.y
     model = fit_to_data(model, info, x[:2].to(device), len(data.classes), args.dataset)
     probe_model(model, info, x, y, len(data.classes), args.dataset, device)
     run_dir = place(info)
     results = run_sweep(model, x, y, suite, run_dir, seed=args.seed, device=device, resume=args.resume,
-                        model_info=info, transfer_source=source, batch_size=args.batch_size, indices=indices,
-                        dataset=args.dataset, deploy_mode=args.jpeg_mode)
+                        model_info=info, transfer_source=source, batch_size=args.batch_size, indices=subset.indices,
+                        dataset=args.dataset, deploy_mode=args.jpeg_mode, data_facts=subset.facts)
     worst = [w for w in results["worst_case"] if w["norm"] == "Linf" and w["eps"] == suite.standard_eps]
     headline = f", worst case at eps {suite.standard_eps:.4g}: {worst[0]['accuracy']:.4f}" if worst else ""
     if is_main():

@@ -21,6 +21,12 @@ A model is labelled in reports and history by the name it is given (``name``, ``
 8 hex digits of its SHA-256, or the zoo name (with dataset and threat model unless cifar10 / Linf). Two different
 files therefore never share a label, even when both are called ``checkpoint.pt``.
 
+Preprocessing: images of one size reach the model as they are, resized inside it when it declares another
+``input_size`` (attack budgets stay in the data's pixels). Images of several sizes, and any ``resize``,
+``crop_pct`` or ``interpolation``, are resized and centre-cropped in the data pipeline as timm's eval does; for
+``timm:NAME`` the input size, crop_pct and interpolation of the model's ``pretrained_cfg`` are the defaults of that
+resize (``info["preprocess_defaults"]``), below flags and spec keys. ``info["preprocess"]`` holds what was declared.
+
 Third-party state dicts get mean/std normalisation (a ``Normalize`` wrapper) only when ``mean`` and ``std``
 are given. Files load with ``torch.load(weights_only=True)``: a file that needs arbitrary pickled code is refused
 unless ``trust=True`` (``--trust-checkpoint``), because unpickling it can run any code its author chose.
@@ -35,6 +41,9 @@ relative paths are relative to the TOML file, and arguments given to ``load_mode
     mean = [0.485, 0.456, 0.406]
     std = [0.229, 0.224, 0.225]
     input_size = [32, 32]                  # H, W the model expects
+    resize = 36                            # shorter side before the centre crop (0: crop only; default
+    crop_pct = 0.875                       #   floor(max(H, W) / crop_pct)); see robustjpeg.preprocess
+    interpolation = "bicubic"              # nearest, bilinear (default), bicubic, lanczos, box, hamming
     threat_model = "Linf"                  # robustbench only
     model_dir = "models"                   # robustbench only
 
@@ -63,11 +72,13 @@ from torch import nn
 
 from robustjpeg.errors import CheckpointError, ConfigError, UnknownName
 from robustjpeg.models import MODELS, Normalize, create_model, strip_prefixes
+from robustjpeg.preprocess import Preprocess, parse_input_size, timm_defaults
 from robustjpeg.train import SCHEMA, load_trained
 
 WRAPPER_KEYS = ("state_dict", "model", "net", "model_state_dict")
 SPEC_KEYS = {"name": str, "checkpoint": str, "arch": str, "num_classes": int, "mean": list, "std": list,
-             "input_size": (int, list), "threat_model": str, "model_dir": str}
+             "input_size": (int, list), "resize": int, "crop_pct": (float, int), "interpolation": str,
+             "threat_model": str, "model_dir": str}
 ZOO_DATASETS = ("cifar10", "cifar100", "imagenet")
 CODE_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")  # how torch names the callable it refused, in every message form
 SAFE_MODULES = ("torch", "collections", "_codecs", "numpy")  # what plain weights pickle; torch's loader allows these
@@ -78,13 +89,15 @@ RISKY_MODULES = ("os", "posix", "nt", "subprocess", "sys", "io", "shutil", "sock
 def load_model(source: str | Path, *, arch: str | None = None, num_classes: int | None = None,
                mean: tuple | None = None, std: tuple | None = None, input_size: tuple | None = None,
                trust: bool = False, threat_model: str | None = None, model_dir: str | Path | None = None,
-               device: str | torch.device = "cpu", name: str | None = None,
-               download: bool = False) -> tuple[nn.Module, dict]:
+               device: str | torch.device = "cpu", name: str | None = None, download: bool = False,
+               resize: int | None = None, crop_pct: float | None = None,
+               interpolation: str | None = None) -> tuple[nn.Module, dict]:
     """Load a model from a file, a spec TOML or the RobustBench zoo; returns (model in eval mode, info)."""
     if str(source).endswith(".toml"):
         spec = read_model_spec(Path(source))
         given = dict(arch=arch, num_classes=num_classes, mean=mean, std=std, input_size=input_size,
-                     threat_model=threat_model, model_dir=model_dir, name=name)
+                     threat_model=threat_model, model_dir=model_dir, name=name, resize=resize, crop_pct=crop_pct,
+                     interpolation=interpolation)
         merged = {**spec, **{k: v for k, v in given.items() if v is not None}}
         return load_model(merged.pop("checkpoint"), trust=trust, device=device, download=download, **merged)
     _check_mean_std(mean, std)
@@ -94,7 +107,9 @@ def load_model(source: str | Path, *, arch: str | None = None, num_classes: int 
     else:
         model, info = _load_file(Path(source), arch, num_classes, mean, std, trust)
     size = input_size if input_size is not None else info.get("input_size")
-    info.update(name=name or info["name"], input_size=list(parse_input_size(size)) if size else None)
+    declared = Preprocess(size, resize, crop_pct, interpolation).over(Preprocess.from_dict(info.get("preprocess")))
+    info.update(name=name or info["name"], input_size=list(parse_input_size(size)) if size else None,
+                preprocess=declared.to_dict())
     return model.to(torch.device(device)).eval(), info
 
 
@@ -141,20 +156,6 @@ def fit_to_data(model: nn.Module, info: dict, x: torch.Tensor, num_classes: int,
     return model
 
 
-def parse_input_size(value: Any) -> tuple[int, int]:
-    """32, "32", "32x32", "32,32" or [32, 32] -> (H, W)."""
-    parts = [value] if isinstance(value, int) else value
-    if isinstance(parts, str):
-        parts = parts.replace("x", ",").split(",")
-    try:
-        sizes = tuple(int(p) for p in parts)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"input size {value!r} is not N or H,W (e.g. 32 or 224,224)") from exc
-    if len(sizes) not in (1, 2) or min(sizes) <= 0:
-        raise ConfigError(f"input size {value!r} is not N or H,W with positive sizes (e.g. 32 or 224,224)")
-    return sizes * 2 if len(sizes) == 1 else sizes
-
-
 # --- model-spec TOML ---------------------------------------------------------------------------------
 
 def read_model_spec(path: Path) -> dict[str, Any]:
@@ -186,6 +187,8 @@ def _resolve_spec_paths(spec: dict, base: Path) -> dict:
     for key in ("mean", "std", "input_size"):
         if key in spec:
             spec[key] = tuple(spec[key]) if isinstance(spec[key], list) else spec[key]
+    if "crop_pct" in spec:
+        spec["crop_pct"] = float(spec["crop_pct"])
     return spec
 
 
@@ -212,7 +215,9 @@ def _load_file(path: Path, arch, num_classes, mean, std, trust) -> tuple[nn.Modu
     state = _unwrap_state_dict(obj, path)
     model, num_classes, in_channels = _fit_architecture(arch, num_classes, state, path)
     load_matching_state(model, state, f"{path} (--arch {arch})")
-    info.update(format=kind if kind == "safetensors" else "state_dict", num_classes=num_classes, in_channels=in_channels)
+    defaults = timm_defaults(model)
+    info.update(format=kind if kind == "safetensors" else "state_dict", num_classes=num_classes, in_channels=in_channels,
+                preprocess_defaults=defaults.to_dict() if defaults else None)
     return _normalised(model, mean, std), info
 
 
@@ -355,7 +360,7 @@ def _load_ours(path: Path, ckpt: dict, arch, mean, std, info: dict) -> tuple[nn.
     stem = path.resolve().parent.name if path.stem == "checkpoint" else path.stem  # train -o DIR writes DIR/checkpoint.pt
     info.update(name=file_label(stem, info["sha256"]), format="robustjpeg", arch=spec.arch, spec=spec.to_dict(),
                 num_classes=spec.num_classes, mean=list(spec.mean), std=list(spec.std), input_size=spec.input_size,
-                complete=ckpt.get("complete"), epoch=ckpt.get("epoch"))
+                complete=ckpt.get("complete"), epoch=ckpt.get("epoch"), preprocess=spec.preprocess)
     return model, info
 
 

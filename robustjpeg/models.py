@@ -212,16 +212,21 @@ def _no_autocast(x: Tensor):
 
 @dataclass
 class ModelSpec:
-    """Everything needed to rebuild a model from a checkpoint: backbone, data shape, stats and JPEG config."""
+    """Everything needed to rebuild a model from a checkpoint: backbone, data shape, stats and JPEG config.
+
+    input_size is a side (or [H, W]); preprocess is the resize its test images had ({resize, crop_pct,
+    interpolation, input_size}, see robustjpeg.preprocess), None when they were used as they are.
+    """
 
     arch: str
     num_classes: int
     in_channels: int
     mean: tuple
     std: tuple
-    input_size: int
+    input_size: int | list
     jpeg: dict | None = None
     extra: dict = field(default_factory=dict)
+    preprocess: dict | None = None
 
     @property
     def variant(self) -> str:
@@ -241,7 +246,8 @@ class ModelSpec:
         if missing:
             raise ConfigError(f"model spec lacks {', '.join(sorted(missing))}")
         known["mean"], known["std"] = tuple(known["mean"]), tuple(known["std"])
-        return cls(**{"input_size": 32, **known}, jpeg=d.get("jpeg"), extra=dict(d.get("extra") or {}))
+        return cls(**{"input_size": 32, **known}, jpeg=d.get("jpeg"), extra=dict(d.get("extra") or {}),
+                   preprocess=d.get("preprocess"))
 
 
 def build_model(spec: ModelSpec) -> JpegModel:

@@ -342,8 +342,11 @@ def _deployed(model: nn.Module, mode: str | None):
 def run_sweep(model: nn.Module, x: Tensor, y: Tensor, suite: Suite, out_dir: Path, *, seed: int = 0,
               device="cpu", resume: bool = False, model_info: dict | None = None,
               transfer_source: nn.Module | None = None, batch_size: int = 256, progress: bool = True,
-              indices: Tensor | None = None, dataset: str = "unknown", deploy_mode: str | None = None) -> dict:
+              indices: Tensor | None = None, dataset: str = "unknown", deploy_mode: str | None = None,
+              data_facts: dict | None = None) -> dict:
     """Attack `model` with every attack of `suite` over its grid; write the run folder; return results.json.
+
+    data_facts (how the images were read: decoded count, resize, memory) go into run.json as "data".
 
     Under torchrun each rank attacks its shard of the samples (shards/ holds them, for resume), rank 0 merges the
     shards into cells/ and finishes the run as one process would; every rank returns the same results.
@@ -360,7 +363,7 @@ def run_sweep(model: nn.Module, x: Tensor, y: Tensor, suite: Suite, out_dir: Pat
     device = resolve_device(device) if isinstance(device, str) else torch.device(device)
     device = distributed.local_device(device, launch)
     run = {"status": "running", "fingerprint": fingerprint, "suite": suite.to_dict(), "model": info, "dataset": dataset,
-           "n": len(y), "seed": seed, "deploy_mode": deploy_mode, "versions": library_versions(),
+           "n": len(y), "seed": seed, "deploy_mode": deploy_mode, "data": data_facts, "versions": library_versions(),
            "device": device_description(device), "batch_size": batch_size, "processes": launch.world,
            "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     if launch.rank == 0:

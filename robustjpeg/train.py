@@ -16,13 +16,14 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from robustjpeg import distributed
-from robustjpeg.data import Dataset, TensorSplit, augment, load_dataset, stratified_indices
-from robustjpeg.errors import CheckpointError, ConfigError, RunFolderError
+from robustjpeg.data import Dataset, TensorSplit, augment, load_dataset, stratified_indices, training_dataset
+from robustjpeg.errors import CheckpointError, ConfigError, RobustJpegError, RunFolderError
 from robustjpeg.io import (atomic_torch_save, atomic_write_json, atomic_write_text, device_description,
                            library_versions, resolve_device)
 from robustjpeg.jpeg import INITS as JPEG_INITS
 from robustjpeg.jpeg import STEP_MAX, JpegLayer, init_abs_avg, init_sensitivity
 from robustjpeg.models import VARIANTS, JpegModel, ModelSpec, build_model, strip_prefixes
+from robustjpeg.preprocess import Preprocess
 from robustjpeg.stats import accuracy_record
 
 SCHEMA = "robustjpeg.checkpoint/1"
@@ -42,7 +43,12 @@ DEFAULT_Q_MAX = 10.0  # largest luma step of the sensitivity tables: the paper's
 
 @dataclass
 class TrainConfig:
-    """A training run. None means "the data family's recipe" (RECIPES), filled in by resolved()."""
+    """A training run. None means "the data family's recipe" (RECIPES), filled in by resolved().
+
+    recipe: the family whose recipe applies (default: the data's, see robustjpeg.data.family_of); input_size,
+    resize, crop_pct, interpolation: the crop size and test-time resize (robustjpeg.preprocess); channels: read
+    every image with 1 or 3 channels (default: grey only when every image is).
+    """
 
     dataset: str = "mnist5k"
     arch: str | None = None
@@ -71,6 +77,12 @@ class TrainConfig:
     device: str = "auto"
     progress: bool | None = None
     workers: int = 4
+    recipe: str | None = None
+    input_size: tuple[int, int] | None = None
+    resize: int | None = None
+    crop_pct: float | None = None
+    interpolation: str | None = None
+    channels: int | None = None
     extra: dict = field(default_factory=dict)
 
     def resolved(self, family: str) -> "TrainConfig":
@@ -91,16 +103,22 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types only (paths as strings), so checkpoints stay loadable with weights_only=True."""
         d = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
-        d["milestones"] = None if self.milestones is None else list(self.milestones)
+        for key in ("milestones", "input_size"):
+            d[key] = None if d[key] is None else list(d[key])
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         names = {f.name for f in fields(cls)}
         d = {k: v for k, v in d.items() if k in names}
-        if d.get("milestones") is not None:
-            d["milestones"] = tuple(d["milestones"])
+        for key in ("milestones", "input_size"):
+            if d.get(key) is not None:
+                d[key] = tuple(d[key])
         return cls(**d)
+
+    def preprocess(self) -> Preprocess:
+        """The crop size and test-time resize asked for (unset fields come from the data)."""
+        return Preprocess(self.input_size, self.resize, self.crop_pct, self.interpolation)
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -151,7 +169,8 @@ def make_spec(cfg: TrainConfig, ds: Dataset) -> ModelSpec:
                           hardness=cfg.jpeg_hardness, init=cfg.jpeg_init, quality=cfg.jpeg_quality,
                           constant=cfg.jpeg_constant, trainable=trainable, chroma_offset=cfg.chroma_offset)
         jpeg = {**layer.config(), "trainable": trainable}
-    return ModelSpec(cfg.arch, len(ds.classes), ds.in_channels, tuple(ds.mean), tuple(ds.std), ds.input_size, jpeg)
+    return ModelSpec(cfg.arch, len(ds.classes), ds.in_channels, tuple(ds.mean), tuple(ds.std), ds.input_size, jpeg,
+                     preprocess=ds.applied.to_dict() if ds.applied else None)
 
 
 def init_tables(model: JpegModel, cfg: TrainConfig, ds: Dataset, device: torch.device) -> None:
@@ -261,8 +280,20 @@ class Batches:
         loader = torch.utils.data.DataLoader(
             subset, batch_size=self.batch_size, shuffle=False, num_workers=self.workers,
             pin_memory=self.device.type == "cuda", worker_init_fn=functools.partial(_seed_worker, seed))
-        for x, y in loader:
+        for x, y in _loaded(loader):
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+
+def _loaded(loader) -> Iterator:
+    """Iterate a data loader; a user error raised in a worker (a corrupt file) comes back as its one line."""
+    try:
+        yield from loader
+    except RobustJpegError as exc:
+        lines = str(exc).strip().splitlines()
+        prefix = f"{type(exc).__module__}.{type(exc).__name__}: "
+        if len(lines) > 1 and lines[-1].startswith(prefix):
+            raise type(exc)(lines[-1][len(prefix):]) from None
+        raise
 
 
 def _seed_worker(seed: int, worker: int) -> None:
@@ -344,7 +375,7 @@ def _eval_batches(split, batch_size: int, device: torch.device, workers: int) ->
         return
     loader = torch.utils.data.DataLoader(split, batch_size=batch_size, num_workers=workers,
                                          pin_memory=device.type == "cuda")
-    for x, y in loader:
+    for x, y in _loaded(loader):
         yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
 
@@ -459,7 +490,8 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False) -> dict[str, Any]:
     launch = distributed.launch()
     ckpt_path = _check_resume(out, resume)
     device = distributed.local_device(resolve_device(cfg.device), launch)
-    ds = load_dataset(cfg.dataset, cfg.data_root, cfg.download)
+    ds = training_dataset(load_dataset(cfg.dataset, cfg.data_root, cfg.download, cfg.channels), cfg.preprocess(),
+                          cfg.recipe)
     cfg = cfg.resolved(ds.family)
     torch.manual_seed(cfg.seed)
     spec = make_spec(cfg, ds)

@@ -139,8 +139,8 @@ def tiny_imagefolder(cifar_jpeg_test_tar, tmp_path) -> Path:
 
 
 def test_imagefolder_reads_class_folders_into_labelled_tensors(tiny_imagefolder, cache_dir):
-    ds = data.load_dataset(f"imagefolder:{tiny_imagefolder}")
-    assert ds.classes[0] == "airplane" and len(ds.classes) == 10 and ds.family == "cifar"
+    ds = data.training_dataset(data.load_dataset(f"imagefolder:{tiny_imagefolder}"))
+    assert ds.classes[0] == "airplane" and len(ds.classes) == 10 and ds.family == "cifar" and ds.in_channels == 3
     assert ds.train.x.shape == (40, 3, 32, 32) and torch.bincount(ds.train.y).tolist() == [4] * 10
     truck = np.asarray(Image.open(sorted((tiny_imagefolder / "test" / "truck").iterdir())[0]))
     assert np.array_equal(ds.test.x[-2].permute(1, 2, 0).numpy(), truck)
@@ -153,26 +153,29 @@ def test_imagefolder_reads_tar_gz_splits_like_folders(tiny_imagefolder, tmp_path
     for split in ("train", "test"):
         with tarfile.open(packed / f"{split}.tar.gz", "w:gz") as tf:
             tf.add(tiny_imagefolder / split, arcname=split)
-    from_tar = data.load_dataset(f"imagefolder:{packed}")
-    from_dir = data.load_dataset(f"imagefolder:{tiny_imagefolder}")
+    from_tar = data.training_dataset(data.load_dataset(f"imagefolder:{packed}"))
+    from_dir = data.training_dataset(data.load_dataset(f"imagefolder:{tiny_imagefolder}"))
     assert torch.equal(from_tar.train.x, from_dir.train.x) and torch.equal(from_tar.test.y, from_dir.test.y)
 
 
-def test_imagefolder_with_mixed_sizes_asks_to_resize(tmp_path, photos, cache_dir):
+def test_imagefolder_with_mixed_sizes_and_no_input_size_asks_for_one(tmp_path, photos, cache_dir):
     for split in ("train", "test"):
         for k, photo in enumerate(photos[:2]):
             target = tmp_path / split / f"class{k}" / "a.png"
             target.parent.mkdir(parents=True)
             Image.fromarray(photo[: 40 + 8 * k, :40]).save(target)
-    with pytest.raises(BadInput, match="resize"):
-        data.load_dataset(f"imagefolder:{tmp_path}")
+    ds = data.load_dataset(f"imagefolder:{tmp_path}")
+    with pytest.raises(BadInput, match=r"class1/a.png 48x40.*--input-size"):
+        data.training_dataset(ds)
+    with pytest.raises(BadInput, match=r"differ in size.*--input-size"):
+        data.eval_subset(ds, None, seed=0)
 
 
 def test_missing_data_sets_say_where_they_looked_and_which_flag_helps(tmp_path):
     with pytest.raises(DatasetNotFound, match="--download"):
         data.load_dataset("cifar10", root=tmp_path)
-    with pytest.raises(DatasetNotFound, match="no train/ folder"):
-        data.load_dataset(f"imagefolder:{tmp_path}")
+    with pytest.raises(DatasetNotFound, match="holds no class folders"):
+        data.load_dataset(f"imagefolder:{tmp_path}").test
     with pytest.raises(DatasetNotFound, match="does not exist"):
         data.load_dataset(f"imagefolder:{tmp_path / 'nothing'}")
     with pytest.raises(DatasetNotFound, match="CUB_200_2011"):

@@ -51,8 +51,8 @@ class Attack:
         raise NotImplementedError
 
     def strength(self) -> int:
-        """Iterations spent per restart, used to order configurations of one kind (check 7)."""
-        return 1
+        """Iterations spent per restart, used to order configurations of one kind (check 7): its steps, or 1."""
+        return int(getattr(self, "steps", 1))
 
 
 @ATTACKS.register("fgsm")
@@ -99,9 +99,6 @@ class PGD(Attack):
         alpha = self.rel_stepsize * eps / self.steps
         return cls(model, eps=eps, alpha=alpha, steps=self.steps, random_start=self.random_start)(x, y)
 
-    def strength(self) -> int:
-        return self.steps
-
 
 @ATTACKS.register("apgd")
 @dataclass
@@ -125,9 +122,6 @@ class APGD(Attack):
             attack = APGDAttack(model, n_iter=self.steps, norm=self.norm, eps=eps, seed=seed, loss=self.loss,
                                 device=x.device)
         return attack.perturb(x, y)
-
-    def strength(self) -> int:
-        return self.steps
 
 
 def _classes(model: nn.Module, x: Tensor) -> int:
@@ -230,9 +224,6 @@ class FMN(MinimumNorm):
         norm = float("inf") if self.norm == "Linf" else 2.0
         return adv_lib_attacks().fmn(model, x, y, norm=norm, steps=self.steps)
 
-    def strength(self) -> int:
-        return self.steps
-
 
 @ATTACKS.register("ddn")
 @dataclass
@@ -246,9 +237,6 @@ class DDN(MinimumNorm):
     def perturb(self, model, x, y, eps, seed):
         return adv_lib_attacks().ddn(model, x, y, steps=self.steps, levels=None)
 
-    def strength(self) -> int:
-        return self.steps
-
 
 @ATTACKS.register("alma")
 @dataclass
@@ -261,9 +249,6 @@ class ALMA(MinimumNorm):
 
     def perturb(self, model, x, y, eps, seed):
         return adv_lib_attacks().alma(model, x, y, distance="l2", num_steps=self.steps)
-
-    def strength(self) -> int:
-        return self.steps
 
 
 @ATTACKS.register("cw")

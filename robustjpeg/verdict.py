@@ -3,8 +3,8 @@
 A run is *unreliable* when a check that tests the evaluation itself FAILed, or an invariant broke: its numbers cannot
 be trusted. It is *overstated* when a masking check FAILed in it or in another run of the same model: some of its
 attacks are weaker than others on this model, so its per-attack figures overstate robustness. A model's worst case
-over every suite is trustworthy when no run is unreliable and, if masking was found, an adaptive attack (BPDA,
-transfer or black box) ran in one of its suites: that worst case already holds the attack that overcomes the masking.
+over every suite is trustworthy when no run is unreliable and, if gradient masking was found, an adaptive attack
+(BPDA, transfer or black box) ran in one of its suites: that worst case already holds the attack that overcomes it.
 """
 
 from __future__ import annotations
@@ -14,11 +14,13 @@ from typing import Iterable
 
 from robustjpeg import checks
 
-# Checks whose FAIL says that some attacks of the suite are weaker than others on this model (masked gradients, a
-# weak minimum-norm attack), not that the evaluation is broken: the suite's worst case holds the stronger attack.
-MASKING_CHECKS = frozenset(fn.__name__ for fn in (checks.iterative_beats_single_step,
-                                                   checks.blackbox_weaker_than_whitebox, checks.bpda_not_stronger,
-                                                   checks.fixed_budget_agrees_with_minimum_norm))
+# Checks whose FAIL says that some attacks of the suite are weaker than others on this model, not that the
+# evaluation is broken: the suite's worst case holds the stronger attack. The gradient-masking ones (the plain
+# gradients mislead every gradient attack) leave a worst case trusted only if an adaptive attack ran too; a
+# disagreement between fixed-budget and minimum-norm attacks is settled inside the worst case itself.
+GRADIENT_MASKING = frozenset(fn.__name__ for fn in (checks.iterative_beats_single_step,
+                                                     checks.blackbox_weaker_than_whitebox, checks.bpda_not_stronger))
+MASKING_CHECKS = GRADIENT_MASKING | {checks.fixed_budget_agrees_with_minimum_norm.__name__}
 STATUSES = ("reliable", "overstated", "unreliable")
 
 
@@ -80,9 +82,9 @@ def model_verdict(runs: list[tuple[dict, dict]]) -> Verdict:
     bad = [v for v in verdicts if v.status == "unreliable"]
     if bad:
         return Verdict("unreliable", bad[0].reason, bad[0].failed)
-    masked = sorted({name for _, results in runs for name in _masking(results)})
+    masked = sorted({name for _, results in runs for name in _masking(results) if name in GRADIENT_MASKING})
     if not masked:
-        return Verdict("reliable", "no check FAILed in any suite")
+        return Verdict("reliable", "no check of the evaluation FAILed in any suite, and no gradient masking was found")
     if any(_adaptive(facts) for facts, _ in runs):
         return Verdict("reliable", f"masking found ({', '.join(masked)}) and overcome: this worst case includes the "
                        "adaptive attacks", tuple(masked))

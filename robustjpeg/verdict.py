@@ -67,17 +67,22 @@ def run_verdict(results: dict, model_results: Iterable[dict] = ()) -> Verdict:
     return Verdict("reliable", "no check FAILed", tuple(failed))
 
 
-def _adaptive(facts: dict) -> bool:
-    """The run's suite holds an attack that does not rely on the model's own gradients."""
-    from robustjpeg.attacks import ATTACKS
+def _adaptive_norms(facts: dict) -> set[str]:
+    """The norms in which the run's suite holds an attack that does not rely on the model's own gradients."""
+    from robustjpeg.attacks import AttackSpec, Suite
 
-    attacks = (facts.get("suite") or {}).get("attacks", [])
-    return any(a.get("view") or a.get("source") == "transfer" or
-               (a.get("kind") in ATTACKS and ATTACKS.get(a["kind"]).black_box) for a in attacks)
+    suite = facts.get("suite") or {}
+    specs = Suite.from_dict(suite).attacks if suite.get("attacks") else []
+    return {s.norm for s in specs if s.view or s.source == "transfer" or (s.black_box and not s.adapter.noise_baseline)}
+
+
+def _reported_norms(results: dict) -> set[str]:
+    return {w["norm"] for w in results.get("worst_case", []) if w.get("eps", 0) > 0}
 
 
 def model_verdict(runs: list[tuple[dict, dict]]) -> Verdict:
-    """The verdict of one model's worst case over every suite, from its runs' (facts, results)."""
+    """The verdict of one model's worst case over every suite, from its runs' (facts, results): with gradient
+    masking found, every norm it reports needs an adaptive attack in some suite."""
     verdicts = [run_verdict(results, [r for _, r in runs]) for _, results in runs]
     bad = [v for v in verdicts if v.status == "unreliable"]
     if bad:
@@ -85,8 +90,10 @@ def model_verdict(runs: list[tuple[dict, dict]]) -> Verdict:
     masked = sorted({name for _, results in runs for name in _masking(results) if name in GRADIENT_MASKING})
     if not masked:
         return Verdict("reliable", "no check of the evaluation FAILed in any suite, and no gradient masking was found")
-    if any(_adaptive(facts) for facts, _ in runs):
-        return Verdict("reliable", f"masking found ({', '.join(masked)}) and overcome: this worst case includes the "
-                       "adaptive attacks", tuple(masked))
+    covered = set().union(*(_adaptive_norms(facts) for facts, _ in runs))
+    missing = sorted(set().union(*(_reported_norms(results) for _, results in runs)) - covered)
+    if not missing:
+        return Verdict("reliable", f"masking found ({', '.join(masked)}) and overcome: this worst case includes "
+                       f"adaptive attacks in {', '.join(sorted(covered))}", tuple(masked))
     return Verdict("overstated", f"masking found ({', '.join(masked)}) but no adaptive attack (BPDA, transfer, black "
-                   "box) ran: sweep the adaptive suite too", tuple(masked))
+                   f"box) ran in {', '.join(missing)}: sweep the adaptive suite too", tuple(masked))

@@ -37,7 +37,7 @@ def test_eps_outside_unit_range_is_refused_with_hint(text):
 @pytest.mark.parametrize("flags, says", [
     (["--eps", "8"], "write 8/255, not 8"),
     (["--standard-eps", "8"], "write 8/255, not 8"),
-    (["--mean", "0.5,x"], "is not a comma-separated list such as 0.5,0.5,0.5"),
+    (["--mean", "0.5,x"], "--mean takes numbers such as 0.485,0.456,0.406 or 0.485 0.456 0.406"),
 ])
 def test_errors_of_our_own_flag_parsers_reach_the_user_as_one_line(flags, says, capsys):
     with pytest.raises(SystemExit) as exit_:

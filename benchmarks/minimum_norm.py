@@ -76,7 +76,7 @@ def main() -> None:
     pixels, names = decode_cached(args.shared / "data/cifar10-jpeg/test.tar.gz")
     classes = sorted(set(names))
     pick = np.arange(0, len(names), len(names) // args.n)[: args.n]
-    x = torch.from_numpy(pixels[pick]).permute(0, 3, 1, 2).float() / 255
+    x = torch.from_numpy(pixels[pick]).permute(0, 3, 1, 2).contiguous().float() / 255
     y = torch.tensor([classes.index(names[i]) for i in pick])
     print(f"CIFAR-10 JPEG test images: {len(y)}; torch {torch.__version__}, {args.threads} thread(s); "
           f"robust@std: share of all images with distance > the standard budget (L2 0.5, Linf 8/255)")

@@ -74,7 +74,9 @@ class Engine:
         self.model = PassCounter(model.to(self.device, torch.float32).eval(), self.tally)
         self.source = None if transfer_source is None else PassCounter(
             transfer_source.to(self.device, torch.float32).eval(), self.tally)
-        self.x, self.y = x.to(self.device, torch.float32), y.to(self.device, torch.int64)
+        # contiguous: adv-lib's attacks project through in-place ops on flatten() views, which on a channels-last
+        # tensor are copies, so the projection would be lost without a word
+        self.x, self.y = x.to(self.device, torch.float32).contiguous(), y.to(self.device, torch.int64)
         self.seed, self.batch_size, self.progress = seed, batch_size, progress
         self.ids = torch.arange(len(x)) if ids is None else ids.cpu()  # sample numbers in the whole sweep (batch seeds)
         self.logits = self.map(torch.arange(len(x), device=self.device), lambda idx: self.predict_logits(self.x[idx]))

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from conftest import Killed, one_thread
 from robustjpeg.attacks import Suite, load_suite
@@ -286,3 +287,19 @@ def test_a_shipped_suite_on_mnist_sweeps_the_mnist_budgets_with_its_headline(tmp
     assert any(w["norm"] == "Linf" and w["eps"] == standard for w in results["worst_case"]), "the headline is missing"
     checks = {c["name"]: c["status"] for c in results["checks"]}
     assert checks["noise_weaker_than_attack"] != "SKIP" and checks["undefended_to_zero"] != "SKIP"
+
+
+def test_minimum_norm_distances_do_not_depend_on_the_memory_format_of_the_images(tmp_path):
+    """adv-lib projects through in-place ops on flatten() views, which a channels-last tensor turns into copies:
+    the engine hands attacks contiguous images, so FMN finds the same distances either way."""
+    grey = nn.Conv2d(3, 1, 1)
+    with torch.no_grad():
+        grey.weight.fill_(1 / 3), grey.bias.zero_()
+    model, (x, y) = nn.Sequential(grey, trained_cnn()), eval_set(24)
+    colour = x.repeat(1, 3, 1, 1).contiguous()
+    suite = load_suite(write_suite(tmp_path, suite_toml(["0"], {"name": "fmn", "kind": "fmn", "norm": "L2", "steps": 30},
+                                                        l2_eps=[0.0, 1.0])))
+    for name, images in (("plain", colour), ("channels_last", colour.contiguous(memory_format=torch.channels_last))):
+        run_sweep(model, images, y, suite, tmp_path / name, progress=False)
+    plain, last = (read_run(tmp_path / name).samples["distances"] for name in ("plain", "channels_last"))
+    assert np.array_equal(plain, last)

@@ -149,7 +149,7 @@ def test_quick_suite_on_a_pgd_trained_digit_model_lies_between_plain_pgd_and_off
 
 
 def test_standard_suite_on_a_pgd_trained_digit_model_lies_between_plain_pgd_and_official_autoattack(tmp_path):
-    x, y = eval_set(48)
+    x, y = eval_set(32)
     suite = _at_standard_budgets("standard", [0.0, 0.1], [0.0, 1.0])
     _assert_between_pgd_and_autoattack(pgd_trained_cnn(), x, y, suite, tmp_path)
 
@@ -161,7 +161,7 @@ def test_standard_suite_on_an_adversarially_trained_cifar_cnn_lies_between_plain
     model, _ = load_model(shared_file("models/robust/cifar_cnn_a_adv.pt"), arch="cnn_a", mean=CIFAR_MEAN, std=CIFAR_STD)
     model.eval()
     pixels, labels, _ = cifar_jpeg_test_set
-    pick = torch.arange(0, len(labels), len(labels) // 48)[:48]
+    pick = torch.arange(0, len(labels), len(labels) // 32)[:32]
     suite = _at_standard_budgets("standard", [0.0, 2 / 255], [0.0, 0.25])
     _assert_between_pgd_and_autoattack(model, pixels[pick].float() / 255, labels[pick], suite, tmp_path)
 

@@ -76,7 +76,7 @@ def test_adaptive_suite_crafts_through_the_straight_through_view():
     ('eps = ["0"]\nl2_eps = [0.0, 0.5]\nstandard_l2_eps = 1.0\n[[attacks]]\nname = "a"\nkind = "ddn"\n', 5,
      "standard_l2_eps 1.0 is not in the l2_eps grid"),
     ('eps = ["0"]\nl2_eps = [0.0, 0.5]\n[[attacks]]\nname = "a"\nkind = "fgsm"\n', 4, "no attack has norm = \"L2\""),
-    ('eps = ["0"]\ncascade = "yes"\n[[attacks]]\nname = "a"\nkind = "fgsm"\n', 4, "cascade must be true or false"),
+    ('eps = ["0", "0.3"]\ncascade = "yes"\n[[attacks]]\nname = "a"\nkind = "fgsm"\n', 4, "cascade must be true or false"),
 ])
 def test_bad_suite_error_names_line_and_problem(tmp_path, body, line, words):
     path = write_suite(tmp_path, 'name = "t"\nstandard_eps = "0.3"\n' + body)

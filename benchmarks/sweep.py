@@ -1,7 +1,7 @@
 """Sweep engine against a naive torchattacks loop: the same FGSM + PGD + PGD-L2 sweep over 8 budgets, same model and data.
 
 Prints the ratio of per-sample forward+backward passes and of wall time (engine / naive; goal <= 0.35 for both)
-and whether every per-sample outcome is identical. The naive loop runs every attack at every budget on every
+and whether every sample the naive loop breaks is broken (the engine's early-exit PGD breaks a superset). The naive loop runs every attack at every budget on every
 sample; its outcomes are combined as the engine's are.
 
     python benchmarks/sweep.py [-n 500] [--threads 1] [--reps 2]
@@ -53,7 +53,7 @@ def main() -> None:
             t0 = time.perf_counter()
             naive, naive_passes = reference_sweep(model, x, y, suite, batch_size=args.batch_size)
             walls["naive"].append(time.perf_counter() - t0)
-        identical = all(np.array_equal(run.cell(k), v) for k, v in naive.items())
+        identical = all(not (run.cell(k) & ~v).any() for k, v in naive.items())
         best = {k: min(v) for k, v in walls.items()}
         report(args, run, naive_passes, best["engine"], best["attacks"], best["naive"], identical)
 
@@ -71,11 +71,11 @@ def report(args, run, naive_by_attack: dict, engine_wall: float, attack_wall: fl
                                 ("engine incl. 16 checks", run.run["passes"], engine_wall)):
         print(f"{label}: {total(passes)} passes ({passes['forward']} fwd + {passes['backward']} bwd), {wall:.1f} s; "
               f"pass ratio {total(passes) / total(naive):.3f}, wall-time ratio {wall / naive_wall:.3f}")
-    for name in ("fgsm", "pgd", "cw"):
+    for name in (k for k in naive_by_attack if k != "clean"):
         spent = {k: sum(m["passes"][k] for m in cell_metas(run.folder) if m["attack"] == name) for k in naive}
         print(f"  {name}: engine {total(spent)} vs naive {total(naive_by_attack[name])} passes, "
               f"ratio {total(spent) / total(naive_by_attack[name]):.3f}")
-    print(f"per-sample results identical: {identical}")
+    print(f"every sample the naive loop breaks is broken: {identical}")
 
 
 

@@ -8,7 +8,7 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -21,7 +21,7 @@ ATTACKS: Registry[type] = Registry("attack")
 SUITE_DIRS = (Path(__file__).resolve().parent / "suites", Path(__file__).resolve().parents[1] / "attacks")
 SHIPPED_SUITES = ("quick", "standard", "adaptive", "adaptive-quick", "paper")
 VIEWS = ("soft", "hard", "ste")
-SUITE_KEYS = ("name", "description", "norm", "eps", "standard_eps", "l2_eps", "standard_l2_eps", "attacks")
+SUITE_KEYS = ("name", "description", "norm", "eps", "standard_eps", "l2_eps", "standard_l2_eps", "cascade", "attacks")
 LOSSES = ("ce", "dlr")
 NON_NEGATIVE = ("kappa",)  # float parameters that may be 0; every other float must be > 0
 SOURCES = ("model", "transfer")
@@ -82,7 +82,7 @@ class FGSM(Attack):
 @ATTACKS.register("pgd")
 @dataclass
 class PGD(Attack):
-    """PGD (torchattacks PGD for Linf, PGDL2 for L2) with its step scaled to the budget: rel_stepsize * eps / steps."""
+    """PGD with per-sample early exit (early_exit_pgd, Linf or L2), its step rel_stepsize * eps / steps."""
 
     NORMS = NORMS
     iterative = True
@@ -90,14 +90,64 @@ class PGD(Attack):
     rel_stepsize: float = 2.5
     random_start: bool = True
 
-    def perturb(self, model, x, y, eps, seed):
-        import torchattacks
-
-        if eps == 0:  # PGDL2 rescales by eps / |delta| = 0 / 0 and returns NaN at a zero budget
+    def perturb(self, model, x, y, eps, seed, judge: Callable[[Tensor], Tensor] | None = None):
+        if eps == 0:  # the L2 projection rescales by eps / |delta| = 0 / 0 at a zero budget
             return x.clone()
-        cls = torchattacks.PGD if self.norm == "Linf" else torchattacks.PGDL2
-        alpha = self.rel_stepsize * eps / self.steps
-        return cls(model, eps=eps, alpha=alpha, steps=self.steps, random_start=self.random_start)(x, y)
+        return early_exit_pgd(model, x, y, eps, steps=self.steps, alpha=self.rel_stepsize * eps / self.steps,
+                              norm=self.norm, random_start=self.random_start, judge=judge)
+
+
+def early_exit_pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float, *, steps: int, alpha: float,
+                   norm: str = "Linf", random_start: bool = True,
+                   judge: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+    """PGD returning, per sample, its first misclassified iterate inside the budget (else the last one).
+
+    Not torchattacks' PGD/PGDL2: those judge only the last iterate and keep every sample in the batch for every step.
+    Here a sample counts as broken as soon as any iterate is misclassified, and then leaves the batch. The start
+    (drawn from the global RNG exactly as torchattacks draws it), step rule, projection and clamp to [0, 1] are
+    torchattacks', so from the same seed the iterates are theirs until a sample leaves: it breaks every sample their
+    PGD breaks, for at most their passes. judge: the evaluated model's labels for an iterate, where gradients come
+    from another view or model (BPDA, transfer); None = the argmax of the forward that gives the gradient.
+    """
+    adv = _pgd_start(x, eps, norm) if random_start else x.clone()
+    out, alive = adv.clone(), torch.arange(len(x), device=x.device)
+    for _ in range(steps):
+        current = adv[alive].requires_grad_(True)
+        logits = model(current)
+        labels = logits.argmax(1) if judge is None else judge(current.detach())
+        broken = labels != y[alive]
+        out[alive[broken]] = current.detach()[broken]
+        keep = ~broken
+        if not bool(keep.any()):
+            return out
+        loss = nn.functional.cross_entropy(logits[keep], y[alive[keep]], reduction="sum")
+        grad = torch.autograd.grad(loss, current)[0][keep]
+        alive = alive[keep]
+        adv[alive] = _pgd_step(x[alive], current.detach()[keep], grad, eps, alpha, norm)
+    out[alive] = adv[alive]
+    return out
+
+
+def _pgd_start(x: Tensor, eps: float, norm: str) -> Tensor:
+    """torchattacks' random start: uniform in the Linf ball, or a normal direction at a uniform radius in L2."""
+    if norm == "Linf":
+        return torch.clamp(x + torch.empty_like(x).uniform_(-eps, eps), min=0, max=1)
+    delta = torch.empty_like(x).normal_()
+    n = delta.flatten(1).norm(p=2, dim=1).view(-1, 1, 1, 1)
+    r = torch.zeros_like(n).uniform_(0, 1)
+    return torch.clamp(x + delta * (r / n * eps), min=0, max=1)
+
+
+def _pgd_step(x: Tensor, adv: Tensor, grad: Tensor, eps: float, alpha: float, norm: str) -> Tensor:
+    """One torchattacks step: signed (Linf) or normalised (L2) gradient ascent, projection onto the ball, clamp."""
+    if norm == "Linf":
+        delta = torch.clamp(adv + alpha * grad.sign() - x, min=-eps, max=eps)
+    else:
+        grad = grad / (grad.flatten(1).norm(p=2, dim=1) + 1e-10).view(-1, 1, 1, 1)
+        delta = adv + alpha * grad - x
+        size = delta.flatten(1).norm(p=2, dim=1)
+        delta = delta * torch.min(eps / size, torch.ones_like(size)).view(-1, 1, 1, 1)
+    return torch.clamp(x + delta, min=0, max=1)
 
 
 @ATTACKS.register("apgd")
@@ -321,6 +371,7 @@ class Suite:
     l2_eps: list[float] = field(default_factory=list)
     description: str = ""
     standard_l2_eps: float | None = None  # the L2 budget check 13 looks at (0.5 for CIFAR-size images)
+    cascade: bool = False  # each fixed-budget attack only on what every earlier one of its norm failed on, per budget
 
     def __post_init__(self) -> None:
         self.eps, self.l2_eps = sorted(set(map(float, self.eps))), sorted(set(map(float, self.l2_eps)))
@@ -444,7 +495,14 @@ class _SuiteReader:
         l2, l2_standard = self.l2(data, attacks)
         return Suite(name=str(self.required(data, "name")), norm=norm, eps=eps,
                      standard_eps=self.standard(data, "standard_eps", eps, "eps", 1.0), attacks=attacks, l2_eps=l2,
-                     description=str(data.get("description", "")), standard_l2_eps=l2_standard)
+                     description=str(data.get("description", "")), standard_l2_eps=l2_standard,
+                     cascade=self.cascade(data))
+
+    def cascade(self, data: dict) -> bool:
+        value = data.get("cascade", False)
+        if not isinstance(value, bool):
+            raise self.fail("cascade", f"cascade must be true or false, got {value!r}")
+        return value
 
     def l2(self, data: dict, attacks: list[AttackSpec]) -> tuple[list[float], float | None]:
         """The L2 grid and standard budget: required with an L2 attack, refused without one."""

@@ -4,6 +4,7 @@ with its figure. Every check declares its id; 2, 15 and 16 are invariants the co
 from __future__ import annotations
 
 import math
+import re
 from typing import Callable
 
 import numpy as np
@@ -90,8 +91,9 @@ class Context:
 
     def attack(self, spec: AttackSpec, idx: Tensor, eps: float, tag: str) -> Tensor:
         """Run one attack on idx at a budget outside the grid; returns which of idx it broke."""
-        adapter, craft, x, y = spec.build(), self.engine.craft_model(spec), self.engine.x, self.engine.y
-        perturb = lambda chunk, seed: adapter.perturb(craft, x[chunk], y[chunk], eps, seed)  # noqa: E731
+        from robustjpeg.sweep import _perturber
+
+        perturb = _perturber(self.engine, spec, spec.build(), eps)
         return self.engine.break_samples(spec, f"check-{tag}", idx, eps, perturb, {})
 
 
@@ -101,6 +103,14 @@ def _plain(spec: AttackSpec) -> bool:
 
 def _iterative(spec: AttackSpec) -> bool:
     return spec.plain and spec.adapter.iterative
+
+
+def _bpda(spec: AttackSpec) -> bool:
+    return spec.view == "ste" and spec.source == "model"
+
+
+def _cascaded(ctx: Context) -> str:
+    return "; cascade: the share of samples only they broke" if ctx.suite.cascade else ""
 
 
 def _fixed_budget(spec: AttackSpec) -> bool:
@@ -123,6 +133,20 @@ def _lead(ctx: Context, weak: Callable[[AttackSpec], bool], strong: Callable[[At
         a, b = ctx.min_acc(ctx.keys(weak, norm)), ctx.min_acc(ctx.keys(strong, norm))
         leads += [a[e] - b[e] for e in set(a) & set(b)]
     return max(leads) if leads else None
+
+
+CASCADE = "cascade: per-attack curves are cumulative (robust after attacks 1..k); sweep with cascade = false to compare"
+
+
+def _cascade_order(ctx: Context, weak: Callable[[AttackSpec], bool], strong: Callable[[AttackSpec], bool]) -> bool:
+    """Under cascade, whether a `strong` lead over `weak` means what it says: in each norm the attacks up to the last
+    `strong` one are the `weak` ones, then the `strong` ones; the lead is then the share only the `strong` broke."""
+    for norm in NORMS:
+        specs = list({s.name: s for s, n, _ in ctx.where.values() if n == norm and _fixed_budget(s)}.values())
+        roles = "".join("w" if weak(s) else ("s" if strong(s) else "-") for s in specs)
+        if "s" in roles and "w" in roles and not re.fullmatch(r"w*s+", roles[:roles.rindex("s") + 1]):
+            return False
+    return True
 
 
 def _standard_eps(ctx: Context, norm: str = "Linf") -> float | None:
@@ -204,6 +228,8 @@ def eps1_to_chance(ctx: Context) -> Outcome:
 
 @check(6)
 def iterative_beats_single_step(ctx: Context) -> Outcome:
+    if ctx.suite.cascade:  # a later attack's cells hold every earlier attack's breaks: it can only look stronger
+        return "SKIP", None, CASCADE
     gap = _lead(ctx, _iterative, lambda s: s.adapter.single_step and _plain(s))
     if gap is None:
         return "SKIP", None, "needs FGSM and an iterative white-box attack at the same budgets"
@@ -220,6 +246,8 @@ def _stronger(a: AttackSpec, b: AttackSpec) -> bool:
 
 @check(7)
 def more_steps_never_help(ctx: Context) -> Outcome:
+    if ctx.suite.cascade:
+        return "SKIP", None, CASCADE
     rises = [ctx.acc(b) - ctx.acc(a) for norm in NORMS for keys in ctx.by_eps(ctx.keys(lambda s: True, norm)).values()
              for a in keys for b in keys if _stronger(ctx.where[a][0], ctx.where[b][0])]
     if not rises:
@@ -230,10 +258,14 @@ def more_steps_never_help(ctx: Context) -> Outcome:
 
 @check(8)
 def blackbox_weaker_than_whitebox(ctx: Context) -> Outcome:
-    lead = _lead(ctx, lambda s: not s.black_box, lambda s: s.black_box and not s.adapter.noise_baseline)
+    white, black = (lambda s: not s.black_box), (lambda s: s.black_box and not s.adapter.noise_baseline)
+    if ctx.suite.cascade and not _cascade_order(ctx, white, black):
+        return "SKIP", None, CASCADE + " (or list the black-box and transfer attacks after the white-box ones)"
+    lead = _lead(ctx, white, black)
     if lead is None:
         return "SKIP", None, "no black-box (Square) or transfer run beside a white-box one"
-    detail = f"largest lead of black-box/transfer over the best white-box attack: {lead:+.4f} (a lead means masking)"
+    detail = (f"largest lead of black-box/transfer over the best white-box attack: {lead:+.4f} (a lead means masking)"
+              + _cascaded(ctx))
     return _grade(lead, 0.0, TOL), lead, detail
 
 
@@ -268,10 +300,13 @@ def deterministic(ctx: Context) -> Outcome:
 def bpda_not_stronger(ctx: Context) -> Outcome:
     if not jpeg_layers(ctx.engine.model):
         return "SKIP", None, "the model has no JPEG layer"
-    lead = _lead(ctx, _plain, lambda s: s.view == "ste" and s.source == "model")
+    if ctx.suite.cascade and not _cascade_order(ctx, _plain, _bpda):
+        return "SKIP", None, CASCADE + " (or list the BPDA attacks right after the plain ones)"
+    lead = _lead(ctx, _plain, _bpda)
     if lead is None:
         return "WARN", None, "JPEG model without a BPDA (view = ste) run; sweep the adaptive suite too"
-    detail = f"largest lead of BPDA over plain white-box accuracy: {lead:+.4f} (a lead means masked plain gradients)"
+    detail = (f"largest lead of BPDA over plain white-box accuracy: {lead:+.4f} (a lead means masked plain gradients)"
+              + _cascaded(ctx))
     return _grade(lead, 0.01, 0.05), lead, detail
 
 

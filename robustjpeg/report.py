@@ -206,6 +206,12 @@ def _by_budget(runs: list[Run]) -> str:
 def _per_attack(runs: list[Run]) -> str:
     names = list(dict.fromkeys(c["attack"] for r in runs for c in r.results["cells"]))
     parts = ["## Robust accuracy per attack"]
+    cascaded = [r.label for r in runs if r.results.get("cascade")]
+    if cascaded:
+        parts.append(f"Cascade ({', '.join(cascaded)}): each fixed-budget attack ran only on the samples every attack "
+                     "above it (of its norm) failed on at that budget, so its figure is the robust accuracy after it and "
+                     "every attack above it; the worst case is the same as without cascade. Minimum-norm attacks ran on "
+                     "every sample.")
     for name in names:
         cells = [c for r in runs for c in r.results["cells"] if c["attack"] == name]
         kind = cells[0].get("kind", name)

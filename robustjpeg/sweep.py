@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from robustjpeg import distributed
-from robustjpeg.attacks import FGSM, AttackSpec, Suite, load_suite
+from robustjpeg.attacks import FGSM, PGD, AttackSpec, Suite, load_suite
 from robustjpeg.errors import BadInput, ConfigError, RunFolderError
 from robustjpeg.io import config_hash, device_description, library_versions, read_json, resolve_device
 from robustjpeg.jpeg import jpeg_layers, jpeg_mode
@@ -173,8 +173,10 @@ def perturbation_norm(delta: Tensor, norm: str) -> Tensor:
     return flat.abs().amax(1) if norm == "Linf" else flat.norm(dim=1)
 
 
-def _budget_cells(engine: Engine, spec: AttackSpec, grid: list[float], store: CellStore) -> dict[str, np.ndarray]:
-    """One fixed-budget attack over its norm's grid: a sample broken at a smaller budget is not attacked again."""
+def _budget_cells(engine: Engine, spec: AttackSpec, grid: list[float], store: CellStore,
+                  survivors: dict[float, Tensor] | None = None) -> dict[str, np.ndarray]:
+    """One fixed-budget attack over its norm's grid: a sample broken at a smaller budget is not attacked again, nor
+    (cascade: survivors given) one an earlier attack broke at this budget, so its cells say "robust after 1..k"."""
     adapter = spec.build()
     alive = engine.clean.clone()
     out, direction = {}, None
@@ -182,6 +184,8 @@ def _budget_cells(engine: Engine, spec: AttackSpec, grid: list[float], store: Ce
     def compute(eps: float, key: str) -> tuple[dict, dict]:
         nonlocal direction
         stats = {}
+        if survivors is not None:
+            torch.logical_and(alive, survivors[eps], out=alive)
         if eps > 0 and bool(alive.any()):
             if isinstance(adapter, FGSM) and direction is None:
                 direction = _fgsm_direction(engine, adapter, spec)
@@ -212,11 +216,39 @@ def _fgsm_direction(engine: Engine, adapter: FGSM, spec: AttackSpec) -> Tensor:
     return direction
 
 
-def _perturber(engine: Engine, spec: AttackSpec, adapter, eps: float, direction: Tensor | None):
+def _perturber(engine: Engine, spec: AttackSpec, adapter, eps: float, direction: Tensor | None = None):
+    """perturb(chunk, seed) for break_samples; PGD also gets the evaluated model's labels for its early exit."""
     if direction is not None:
         return lambda chunk, seed: adapter.step(engine.x[chunk], direction[chunk], eps)
     craft = engine.craft_model(spec)
+    if isinstance(adapter, PGD):
+        judge = _judge(engine, spec)
+        return lambda chunk, seed: adapter.perturb(craft, engine.x[chunk], engine.y[chunk], eps, seed, judge=judge)
     return lambda chunk, seed: adapter.perturb(craft, engine.x[chunk], engine.y[chunk], eps, seed)
+
+
+def _judge(engine: Engine, spec: AttackSpec) -> Callable[[Tensor], Tensor] | None:
+    """The evaluated model's labels (its JPEG layers in the modes they have now, outside any crafting view) when an
+    attack is crafted through a view or on another model; None when crafting and evaluation are one forward."""
+    if spec.view is None and spec.source == "model":
+        return None
+    layers = jpeg_layers(engine.model)
+    given = [layer.mode for layer in layers]
+
+    def judge(adv: Tensor) -> Tensor:
+        crafting = [layer.mode for layer in layers]
+        _set_modes(layers, given)
+        try:
+            return engine.predict(adv)
+        finally:
+            _set_modes(layers, crafting)
+
+    return judge
+
+
+def _set_modes(layers: list, modes: list[str]) -> None:
+    for layer, mode in zip(layers, modes):
+        layer.mode = mode
 
 
 def distance_key(attack: str, norm: str) -> str:
@@ -259,9 +291,12 @@ def _distances(engine: Engine, spec: AttackSpec, adapter, stats: dict) -> np.nda
 
 
 def _all_cells(engine: Engine, suite: Suite, store: CellStore):
-    """Run (or load) every cell; returns per-sample outcomes, each cell's spec and budget, skipped attacks, and the
-    per-sample distances of every minimum-norm attack ({'attack|norm': array})."""
+    """Run (or load) every cell, fixed-budget attacks in the suite's order (cascade: each on the survivors of the
+    earlier ones of its norm; minimum-norm attacks always on every clean-correct sample); returns per-sample outcomes,
+    each cell's spec and budget, skipped attacks, and the per-sample distances of every minimum-norm attack
+    ({'attack|norm': array})."""
     cells, where, skipped, distances = {}, {}, [], {}
+    survivors: dict[str, dict[float, Tensor]] = {}  # cascade: per norm and budget, what every earlier attack failed on
     for spec in suite.attacks:
         if spec.source == "transfer" and engine.source is None:
             skipped.append({"attack": spec.name, "reason": "no transfer source model (pass --transfer-from CKPT)"})
@@ -271,7 +306,9 @@ def _all_cells(engine: Engine, suite: Suite, store: CellStore):
         if spec.adapter.minimum_norm:
             found, distances[f"{spec.name}|{norm}"] = _distance_cells(engine, spec, grid, store)
         else:
-            found = _budget_cells(engine, spec, grid, store)
+            found = _budget_cells(engine, spec, grid, store, survivors.get(norm))
+            if suite.cascade:
+                survivors[norm] = {e: torch.as_tensor(r, device=engine.device) for e, r in zip(grid, found.values())}
         cells.update(found)
         where.update({key: (spec, norm, eps) for key, eps in zip(found, grid)})
     return cells, where, skipped, distances
@@ -289,7 +326,7 @@ def _summarise(engine: Engine, suite: Suite, info: dict, dataset: str, cells: di
     clean_rec = robust_record(clean)
     return {"model": info.get("name", "model"), "dataset": dataset, "n": int(clean.size), "suite": suite.name,
             "standard_eps": suite.standard_eps, "standard_l2_eps": suite.standard_l2_eps, "eps": suite.eps,
-            "l2_eps": suite.l2_eps,
+            "l2_eps": suite.l2_eps, "cascade": suite.cascade,
             "clean": {"correct": clean_rec.pop("robust"), **clean_rec},
             "cells": records, "worst_case": worst_records, "skipped": skipped}
 

@@ -81,11 +81,11 @@ def kill_pgd_after(monkeypatch):
     def arm(k: int | None) -> None:
         calls = []
 
-        def dies(self, *args):
+        def dies(self, *args, **kwargs):
             calls.append(1)
             if len(calls) == k:
                 raise Killed
-            return original(self, *args)
+            return original(self, *args, **kwargs)
 
         monkeypatch.setattr(PGD, "perturb", original if k is None else dies)
 

@@ -48,10 +48,11 @@ def eval_set(n: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def suite_toml(eps: list[str], *attacks: dict, l2_eps: list[float] | None = None, standard_eps: str | None = None,
-               standard_l2_eps: float | None = None) -> str:
+               standard_l2_eps: float | None = None, cascade: bool = False) -> str:
     """Suite file text: a Linf grid (fractions as strings), an L2 grid when given, one [[attacks]] table per dict;
-    the standard budgets default to each grid's largest."""
-    lines = ['name = "t"', f"standard_eps = {json.dumps(standard_eps or eps[-1])}", f"eps = {json.dumps(eps)}"]
+    the standard budgets default to each grid's largest; cascade = true when asked."""
+    lines = ['name = "t"', f"standard_eps = {json.dumps(standard_eps or eps[-1])}", f"eps = {json.dumps(eps)}",
+             *(["cascade = true"] if cascade else [])]
     if l2_eps:
         lines += [f"l2_eps = {json.dumps(l2_eps)}", f"standard_l2_eps = {json.dumps(standard_l2_eps or l2_eps[-1])}"]
     for table in attacks:

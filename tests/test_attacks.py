@@ -41,6 +41,11 @@ def test_standard_suite_has_the_attacks_the_protocol_needs():
     assert pgd.params["steps"] >= 20 and pgd.restarts > 1 and max(suite.eps) == pytest.approx(16 / 255)
 
 
+@pytest.mark.parametrize("name, cascade", [("standard", True), ("adaptive", True), ("quick", False)])
+def test_standard_and_adaptive_suites_cascade_by_default(name, cascade):
+    assert load_suite(name).cascade is cascade
+
+
 def test_adaptive_suite_crafts_through_the_straight_through_view():
     suite = load_suite("adaptive")
     assert {a.kind for a in suite.attacks if a.view == "ste"} == {"pgd", "apgd"}
@@ -71,6 +76,7 @@ def test_adaptive_suite_crafts_through_the_straight_through_view():
     ('eps = ["0"]\nl2_eps = [0.0, 0.5]\nstandard_l2_eps = 1.0\n[[attacks]]\nname = "a"\nkind = "ddn"\n', 5,
      "standard_l2_eps 1.0 is not in the l2_eps grid"),
     ('eps = ["0"]\nl2_eps = [0.0, 0.5]\n[[attacks]]\nname = "a"\nkind = "fgsm"\n', 4, "no attack has norm = \"L2\""),
+    ('eps = ["0", "0.3"]\ncascade = "yes"\n[[attacks]]\nname = "a"\nkind = "fgsm"\n', 4, "cascade must be true or false"),
 ])
 def test_bad_suite_error_names_line_and_problem(tmp_path, body, line, words):
     path = write_suite(tmp_path, 'name = "t"\nstandard_eps = "0.3"\n' + body)

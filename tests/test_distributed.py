@@ -22,7 +22,8 @@ from sweep_models import suite_toml, write_suite
 
 HELPER = str(REPO / "tests" / "dist_helper.py")
 SUITE = suite_toml(["0", "2/255", "8/255", "32/255"], {"name": "fgsm", "kind": "fgsm"},
-                   {"name": "pgd", "kind": "pgd", "steps": 5, "random_start": False}, standard_eps="8/255")
+                   {"name": "pgd", "kind": "pgd", "steps": 5, "random_start": False}, standard_eps="8/255",
+                   cascade=True)
 N = 80
 TRAIN_ARGS = ("--epochs", "2", "--train-subset", "800", "--device", "cpu")
 

@@ -364,3 +364,12 @@ def test_a_name_given_twice_to_two_different_models_is_told_apart_by_their_hashe
     hashes = [load_run(r).identity[1][:8] for r in runs]
     assert labels == [f"nightly [{h}]" for h in hashes] and hashes[0] != hashes[1]
     assert "Worst case over every suite" not in write_report(runs, root / "named-report").read_text()
+
+
+def test_per_attack_section_says_a_cascaded_runs_figures_are_cumulative(tmp_path):
+    cascaded, full = make_run(tmp_path / "cascaded", "resnet20"), make_run(tmp_path / "full", "jpeg-dl")
+    results = json.loads((cascaded / "results.json").read_text())
+    (cascaded / "results.json").write_text(json.dumps({**results, "cascade": True}))
+    per_attack = write_report([cascaded, full], tmp_path / "report").read_text().split("## Robust accuracy per attack")[1]
+    note = per_attack.split("###")[0]
+    assert "Cascade (resnet20)" in note and "after it and every attack above it" in note and "jpeg-dl" not in note

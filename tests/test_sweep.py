@@ -43,11 +43,15 @@ def deterministic_runs(tmp_path_factory):
     return read_run(folder / "run"), results, naive, naive_passes
 
 
-def test_sweep_matches_naive_torchattacks_loop_sample_by_sample(deterministic_runs):
+def test_sweep_breaks_every_sample_the_naive_torchattacks_loop_breaks(deterministic_runs):
+    """FGSM cells equal the naive loop's; the engine's early-exit PGD breaks a superset of torchattacks' PGD."""
     run, _, naive, _ = deterministic_runs
     assert [k for k in run.samples["cell_keys"] if not k.startswith("ddn|")] == list(naive)
     for key, robust in naive.items():
-        assert np.array_equal(run.cell(key), robust), f"{key}: engine and naive loop disagree on some samples"
+        engine = run.cell(key)
+        if key.startswith("fgsm|"):
+            assert np.array_equal(engine, robust), f"{key}: engine and naive loop disagree on some samples"
+        assert not (engine & ~robust).any(), f"{key}: the engine calls robust a sample the naive loop broke"
 
 
 def test_sweep_spends_fewer_passes_than_naive_loop(deterministic_runs):
@@ -55,6 +59,53 @@ def test_sweep_spends_fewer_passes_than_naive_loop(deterministic_runs):
     engine = sum(sum(m["passes"].values()) for m in cell_metas(run.folder) if m["attack"] in naive_passes)
     naive = sum(sum(p.values()) for p in naive_passes.values())
     assert engine < 0.6 * naive, (run.run["passes_attacks"], naive_passes)
+
+
+def test_cascade_gives_the_full_worst_case_sample_by_sample_for_fewer_passes(deterministic_runs, tmp_path):
+    """cascade = true on the same deterministic suite: every worst case is the full mode's, sample by sample; each
+    per-attack cell is the full mode's AND over that attack and the ones above it (of its norm); fewer passes."""
+    full, _, _, _ = deterministic_runs
+    suite = load_suite(write_suite(tmp_path, DETERMINISTIC.replace('eps = [', 'cascade = true\neps = [', 1)))
+    assert suite.cascade
+    model, (x, y) = trained_cnn(), eval_set(80)
+    results = run_sweep(model, x, y, suite, tmp_path / "run", batch_size=32, progress=False)
+    cascade = read_run(tmp_path / "run")
+    assert results["cascade"] is True and full.results["cascade"] is False
+    assert list(cascade.samples["worst_keys"]) == list(full.samples["worst_keys"])
+    assert np.array_equal(cascade.samples["worst"], full.samples["worst"])
+    for key in (k for k in full.samples["cell_keys"] if k.startswith("pgd|")):
+        budget = key.split("|", 1)[1]
+        assert np.array_equal(cascade.cell(key), full.cell(f"fgsm|{budget}") & full.cell(key)), key
+    for key in (k for k in full.samples["cell_keys"] if k.startswith(("fgsm|", "pgd-l2|", "ddn|"))):
+        assert np.array_equal(cascade.cell(key), full.cell(key)), f"{key}: first of its norm, or minimum-norm"
+    spent = {name: sum(sum(m["passes"].values()) for m in cell_metas(run.folder) if m["attack"] == "pgd")
+             for name, run in (("full", full), ("cascade", cascade))}
+    assert spent["cascade"] < spent["full"], spent
+    checks = {c["id"]: c for c in results["checks"]}
+    assert checks[6]["status"] == "SKIP" and "cascade" in checks[6]["detail"]
+
+
+@pytest.mark.parametrize("norm, eps", [("Linf", 0.1), ("L2", 1.0)])
+def test_early_exit_pgd_breaks_a_superset_of_torchattacks_pgd_with_fewer_passes(norm, eps):
+    """Same steps, seed, step size and random start: every digit torchattacks' last-iterate PGD breaks, the early-exit
+    loop breaks too, inside the budget, for fewer forward and backward passes (the engine's pass counter)."""
+    import torchattacks
+
+    from robustjpeg.attacks import early_exit_pgd
+    from robustjpeg.sweep import PassCounter, perturbation_norm
+
+    model, (x, y) = trained_cnn(), eval_set(100)
+    theirs, ours = {"forward": 0, "backward": 0}, {"forward": 0, "backward": 0}
+    cls, alpha = (torchattacks.PGD if norm == "Linf" else torchattacks.PGDL2), 2.5 * eps / 10
+    torch.manual_seed(7)
+    reference = cls(PassCounter(model, theirs), eps=eps, alpha=alpha, steps=10)(x, y)
+    torch.manual_seed(7)
+    adv = early_exit_pgd(PassCounter(model, ours), x, y, eps, steps=10, alpha=alpha, norm=norm)
+    with torch.no_grad():
+        broken_theirs, broken_ours = model(reference).argmax(1) != y, model(adv).argmax(1) != y
+    assert broken_theirs.any() and not (broken_theirs & ~broken_ours).any()
+    assert float(perturbation_norm(adv - x, norm).max()) <= eps + 1e-5 and 0 <= float(adv.min()) <= float(adv.max()) <= 1
+    assert ours["forward"] < theirs["forward"] and ours["backward"] < theirs["backward"], (ours, theirs)
 
 
 def test_budget_zero_equals_clean_accuracy(deterministic_runs):
@@ -91,8 +142,10 @@ def test_run_folder_follows_the_contract(deterministic_runs):
     assert np.array_equal(worst, run.cell("fgsm|Linf|0.1254902") & run.cell("pgd|Linf|0.1254902"))
 
 
-def test_kill_and_resume_give_identical_results(tmp_path, kill_pgd_after):
-    suite = load_suite(write_suite(tmp_path, suite_toml(["0", "4/255", "16/255", "48/255"], {"name": "pgd", "kind": "pgd", "steps": 4, "restarts": 2})))
+@pytest.mark.parametrize("cascade", [False, True])
+def test_kill_and_resume_give_identical_results(tmp_path, kill_pgd_after, cascade):
+    pgd = {"name": "pgd", "kind": "pgd", "steps": 4, "restarts": 2}
+    suite = load_suite(write_suite(tmp_path, suite_toml(["0", "4/255", "16/255", "48/255"], FGSM, pgd, cascade=cascade)))
     model, (x, y) = trained_cnn(), eval_set(40)
     whole = run_sweep(model, x, y, suite, tmp_path / "whole", seed=3, progress=False)
     kill_pgd_after(3)

@@ -13,7 +13,7 @@ from pathlib import Path
 from robustjpeg import __version__
 from robustjpeg.budgets import parse_budget, parse_eps_list
 from robustjpeg.errors import ConfigError, RobustJpegError, RobustJpegWarning
-from robustjpeg.preprocess import INTERPOLATIONS, Preprocess, parse_input_size
+from robustjpeg.preprocess import INTERPOLATIONS, parse_input_size
 from robustjpeg.verdict import run_verdict
 
 EXIT_OK, EXIT_CRASH, EXIT_USAGE, EXIT_REGRESSION, EXIT_CHECK_FAILED = 0, 1, 2, 3, 4
@@ -258,29 +258,26 @@ def _sweep(args: argparse.Namespace, place) -> tuple[dict, Path]:
     returns the results and that run folder."""
     from robustjpeg.attacks import load_suite
     from robustjpeg.budgets import fit_suite
-    from robustjpeg.data import eval_subset, load_dataset
-    from robustjpeg.io import resolve_device
-    from robustjpeg.loading import fit_to_data, load_model
+    from robustjpeg.data import load_dataset
     from robustjpeg.distributed import is_main, launch
-    from robustjpeg.probe import probe_model
+    from robustjpeg.evaluation import prepare
+    from robustjpeg.io import resolve_device
+    from robustjpeg.loading import load_model
     from robustjpeg.sweep import run_sweep
 
     launch()  # under torchrun: join the process group and pick this rank's GPU before anything touches CUDA
-    suite = load_suite(args.suite or "quick")
     data = load_dataset(args.dataset, args.data_root, args.download, args.channels)
-    suite = fit_suite(suite, args.suite or "quick", data.family, args.eps, args.standard_eps)
+    suite = fit_suite(load_suite(args.suite or "quick"), args.suite or "quick", data.family, args.eps,
+                      args.standard_eps)  # budget mistakes stop the command before the model loads
     device = resolve_device(args.device)
     model, info = _load(args, device)
     source = load_model(args.transfer_from, device=device)[0] if args.transfer_from else None
-    subset = eval_subset(data, args.num_examples, args.seed, Preprocess.from_dict(info.get("preprocess")),
-                         Preprocess.from_dict(info.get("preprocess_defaults")), args.workers)
-    x, y = subset.x, subset.y
-    model = fit_to_data(model, info, x[:2].to(device), len(data.classes), args.dataset)
-    probe_model(model, info, x, y, len(data.classes), args.dataset, device)
-    run_dir = place(info)
-    results = run_sweep(model, x, y, suite, run_dir, seed=args.seed, device=device, resume=args.resume,
-                        model_info=info, transfer_source=source, batch_size=args.batch_size, indices=subset.indices,
-                        dataset=args.dataset, deploy_mode=args.jpeg_mode, data_facts=subset.facts)
+    ready = prepare(model, info, data, suite, n=args.num_examples, seed=args.seed, device=device,
+                    workers=args.workers)
+    suite, run_dir = ready.suite, place(info)
+    results = run_sweep(ready.model, ready.x, ready.y, suite, run_dir, seed=args.seed, device=device,
+                        resume=args.resume, model_info=info, transfer_source=source, batch_size=args.batch_size,
+                        indices=ready.indices, dataset=args.dataset, deploy_mode=args.jpeg_mode, data_facts=ready.facts)
     worst = [w for w in results["worst_case"] if w["norm"] == "Linf" and w["eps"] == suite.standard_eps]
     headline = f", worst case at eps {suite.standard_eps:.4g}: {worst[0]['accuracy']:.4f}" if worst else ""
     if is_main():

@@ -38,6 +38,11 @@ def write_report(run_dirs: list[Path], out: Path, history: Path | None = None) -
     return report
 
 
+def markdown_sections(runs: list[Run]) -> str:
+    """The summary, accuracy-by-budget and sanity-check sections of report.md, without figures or files."""
+    return "\n\n".join([_summary(runs), _by_budget(runs), _checks(runs)]) + "\n"
+
+
 def _run_sections(runs: list[Run], out: Path) -> list[str]:
     plots.accuracy_curves(runs, out / CURVES)
     plots.clean_vs_robust(runs, out / BARS)

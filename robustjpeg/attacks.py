@@ -344,7 +344,8 @@ class AttackSpec:
 
     @property
     def norm(self) -> str:
-        return self.build().norm
+        """The norm its budget is measured in: its `norm` parameter, else its adapter's default."""
+        return self.params.get("norm", self.adapter.__dataclass_fields__["norm"].default)
 
     @property
     def black_box(self) -> bool:
@@ -451,7 +452,7 @@ class _SuiteReader:
     def budget(self, value: Any, key: str, upper: float = 1.0) -> float:
         try:
             eps = parse_fraction(value)
-        except (ConfigError, TypeError) as exc:
+        except ConfigError as exc:
             raise self.fail(key, f"budget {value!r} is not a number or fraction such as 8/255") from exc
         if not math.isfinite(eps) or not 0.0 <= eps <= upper:
             hint = "write 8/255, not 8" if upper == 1.0 else "L2 budgets are distances >= 0"

@@ -58,12 +58,12 @@ def choose_budgets(suite_eps: list[float], suite_standard: float, family: str | 
     return grid, standard
 
 
-def fit_suite(suite, reference: str | Path, family: str | None, eps: list[float] | None = None,
+def fit_suite(suite, reference: str | Path | None, family: str | None, eps: list[float] | None = None,
               standard_eps: float | None = None, l2_eps: list[float] | None = None,
               standard_l2_eps: float | None = None):
-    """`suite` (loaded from `reference`, a shipped name or a file) over the budgets choose_budgets picks, and over
-    the L2 grid given, else the data family's (for a shipped suite), else its own."""
-    shipped = not (Path(reference).suffix == ".toml" or Path(reference).exists())
+    """`suite` (loaded from `reference`, a shipped name or a file; None: built in Python) over the budgets
+    choose_budgets picks, and over the L2 grid given, else the data family's (for a shipped suite), else its own."""
+    shipped = reference is not None and not (Path(reference).suffix == ".toml" or Path(reference).exists())
     suite = suite.with_eps(*choose_budgets(suite.eps, suite.standard_eps, family, shipped=shipped, eps=eps,
                                            standard_eps=standard_eps))
     data = FAMILY_L2_BUDGETS.get(family or "") if shipped else None

@@ -256,19 +256,16 @@ def _load(args: argparse.Namespace, device):
 def _sweep(args: argparse.Namespace, place) -> tuple[dict, Path]:
     """Load the model and the evaluation subset, check they fit, and sweep the suite into place(model info);
     returns the results and that run folder."""
-    from robustjpeg.attacks import load_suite
-    from robustjpeg.budgets import fit_suite
     from robustjpeg.data import load_dataset
     from robustjpeg.distributed import is_main, launch
-    from robustjpeg.evaluation import prepare
+    from robustjpeg.evaluation import fitted_suite, prepare
     from robustjpeg.io import resolve_device
     from robustjpeg.loading import load_model
     from robustjpeg.sweep import run_sweep
 
     launch()  # under torchrun: join the process group and pick this rank's GPU before anything touches CUDA
     data = load_dataset(args.dataset, args.data_root, args.download, args.channels)
-    suite = fit_suite(load_suite(args.suite or "quick"), args.suite or "quick", data.family, args.eps,
-                      args.standard_eps)  # budget mistakes stop the command before the model loads
+    suite = fitted_suite(args.suite or "quick", data, args.eps, args.standard_eps)  # before the model loads
     device = resolve_device(args.device)
     model, info = _load(args, device)
     source = load_model(args.transfer_from, device=device)[0] if args.transfer_from else None

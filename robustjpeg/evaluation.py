@@ -25,7 +25,7 @@ from robustjpeg.loading import fit_to_data, load_model
 from robustjpeg.preprocess import Preprocess
 from robustjpeg.probe import probe_model
 from robustjpeg.report import markdown_sections
-from robustjpeg.runs import Run, load_run, record_at
+from robustjpeg.runs import Run, load_run
 from robustjpeg.sweep import run_sweep
 
 DataArg = str | Dataset | tuple[Tensor, Tensor]
@@ -44,25 +44,30 @@ class Prepared:
     facts: dict | None
 
 
-def prepare(model: nn.Module, info: dict, data: DataArg, suite: str | Path | Suite, *, n: int | None, seed: int,
-            device: torch.device, eps: list[float] | None = None, standard_eps: float | None = None,
-            workers: int | None = None) -> Prepared:
-    """The evaluation subset (class-stratified, the same for every model with this seed), the suite's budgets for
-    this data, and a model checked to fit it (input size, class count) and probed (NaN, probabilities, chance)."""
-    loaded = load_suite(suite) if not isinstance(suite, Suite) else suite
-    reference = suite if not isinstance(suite, Suite) else "given.toml"
+def prepare(model: nn.Module, info: dict, data: Dataset | tuple[Tensor, Tensor], suite: Suite, *, n: int | None,
+            seed: int, device: torch.device, workers: int | None = None) -> Prepared:
+    """The evaluation subset (class-stratified, the same for every model with this seed) and a model checked to fit
+    it (input size, class count) and probed (NaN, probabilities, chance); `suite` is already fitted to the data."""
     if isinstance(data, tuple):
         x, y, indices = _tensors(*data, n)
-        name, family, classes, facts = "tensors", None, int(y.max()) + 1, None
+        name, classes, facts = "tensors", int(y.max()) + 1, None
     else:
-        ds = load_dataset(data) if isinstance(data, str) else data
-        subset = eval_subset(ds, n, seed, Preprocess.from_dict(info.get("preprocess")),
+        subset = eval_subset(data, n, seed, Preprocess.from_dict(info.get("preprocess")),
                              Preprocess.from_dict(info.get("preprocess_defaults")), workers)
-        x, y, indices, name, family, classes, facts = (subset.x, subset.y, subset.indices, ds.name, ds.family,
-                                                       len(ds.classes), subset.facts)
+        x, y, indices, name, classes, facts = (subset.x, subset.y, subset.indices, data.name, len(data.classes),
+                                               subset.facts)
     model = fit_to_data(model, info, x[:2].to(device), classes, name)
     probe_model(model, info, x, y, classes, name, device)
-    return Prepared(model, fit_suite(loaded, reference, family, eps, standard_eps), x, y, indices, name, facts)
+    return Prepared(model, suite, x, y, indices, name, facts)
+
+
+def fitted_suite(suite: str | Path | Suite, data: Dataset | tuple, eps: list[float] | None = None,
+                 standard_eps: float | None = None) -> Suite:
+    """The suite over the budgets of this data (a shipped suite on MNIST-family data: the MNIST grids) and flags."""
+    family = None if isinstance(data, tuple) else data.family
+    if isinstance(suite, Suite):
+        return fit_suite(suite, None, family, eps, standard_eps)
+    return fit_suite(load_suite(suite), suite, family, eps, standard_eps)
 
 
 def _tensors(x: Tensor, y: Tensor, n: int | None) -> tuple[Tensor, Tensor, Tensor]:
@@ -90,7 +95,8 @@ def evaluate(model: nn.Module | str | Path, data: DataArg, suite: str | Path | S
         info = {"name": name or type(model).__name__, "sha256": _weights_sha256(model), "format": "in-memory"}
     info["defended"] = bool(defended or info.get("defended"))
     device = torch.device(device) if device is not None else _device_of(model)
-    prepared = prepare(model, info, data, suite, n=n, seed=seed, device=device, eps=eps, standard_eps=standard_eps)
+    data = load_dataset(data) if isinstance(data, str) else data
+    prepared = prepare(model, info, data, fitted_suite(suite, data, eps, standard_eps), n=n, seed=seed, device=device)
     source = load_model(transfer_from, device=device)[0] if isinstance(transfer_from, (str, Path)) else transfer_from
     folder = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="robustjpeg-"))
     run_sweep(prepared.model, prepared.x, prepared.y, prepared.suite, folder, seed=seed, device=device, resume=resume,
@@ -145,7 +151,7 @@ class Evaluation:
 
     def at(self, eps: float, norm: str = "Linf") -> dict | None:
         """The worst-case record at one budget, or None when the suite has no such budget."""
-        return record_at(self.run.results["worst_case"], norm, eps)
+        return self.run.worst_at(norm, eps)
 
     def to_frame(self):
         """One row per attack cell and per worst-case budget (pandas DataFrame; needs pandas)."""

@@ -13,6 +13,7 @@ import robustjpeg
 from robustjpeg.cli import main
 from robustjpeg.errors import RobustJpegError
 from robustjpeg.results import read_run
+from robustjpeg.verdict import run_verdict
 from sweep_models import eval_set, trained_cnn
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -30,7 +31,7 @@ def test_evaluate_in_three_lines_matches_the_sweep_command_sample_by_sample(mnis
     assert list(ours.samples["cell_keys"]) == list(cli.samples["cell_keys"])
     assert np.array_equal(ours.samples["robust"], cli.samples["robust"])
     assert run.at(0.3) == next(w for w in cli.results["worst_case"] if w["norm"] == "Linf" and w["eps"] == 0.3)
-    assert run.verdict.status in ("reliable", "overstated", "unreliable") and run.checks
+    assert run.verdict == run_verdict(cli.results) and run.checks == cli.results["checks"]
     frame = run.to_frame()
     assert len(frame) == len(cli.results["cells"]) + len(cli.results["worst_case"])
     assert "## Sanity checks" in run.to_markdown()

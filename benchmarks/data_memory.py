@@ -92,7 +92,7 @@ def eval_peak(tmp: Path, folder: Path, workers: int) -> None:
            "torchvision:mobilenet_v3_small", "--mean", "0.485", "0.456", "0.406", "--std", "0.229", "0.224", "0.225",
            "--input-size", "224", "--crop-pct", "0.875", "--dataset", f"imagefolder:{folder}", "-n", "500",
            "--suite", str(suite), "--workers", str(workers), "--batch-size", "100", "-o", str(tmp / "out"),
-           "--device", "cpu"]
+           "--device", "cpu", "--name", "mobilenet"]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**ENV, "OMP_NUM_THREADS": str(workers)}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)

@@ -27,10 +27,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from robustjpeg.attacks import load_suite  # noqa: E402
-from robustjpeg.budgets import fit_suite  # noqa: E402
-from robustjpeg.results import read_run  # noqa: E402
-from robustjpeg.sweep import PassCounter, reference_sweep, run_sweep  # noqa: E402
+from robustjpeg.attacks.adapters import load_suite  # noqa: E402
+from robustjpeg.attacks.budgets import fit_suite  # noqa: E402
+from robustjpeg.evaluation.results import read_run  # noqa: E402
+from robustjpeg.evaluation.sweep import PassCounter, reference_sweep, run_sweep  # noqa: E402
+
 from sweep_models import eval_set, pgd_trained_cnn, trained_cnn  # noqa: E402  (the tests' tiny MNIST CNNs)
 
 MODELS = {"tiny CNN (undefended)": trained_cnn, "tiny CNN (PGD-trained)": pgd_trained_cnn}

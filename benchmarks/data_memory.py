@@ -4,7 +4,7 @@ Builds a folder of real photos from the shared Flowers-102 test split (6,149 JPE
 176), repeated through hard links up to --images files in 102 class folders (50,000 by default: an ImageNet
 validation set's count). Each measurement runs in a fresh process and prints its peak resident memory:
 
-- data: robustjpeg.data.eval_subset alone (list the folder, draw the class-stratified subset, decode the n images
+- data: robustjpeg.data.datasets.eval_subset alone (list the folder, draw the class-stratified subset, decode the n images
   with resize 256 + centre crop 224), for several n and folder sizes; also the peak after imports alone;
 - eval: the whole `robustjpeg eval` command at n = 500 (a random-weight torchvision mobilenet_v3_small at 224 px,
   FGSM at two budgets, the sanity checks, the report).
@@ -29,8 +29,8 @@ SHARED = Path(os.environ.get("ROBUSTJPEG_SHARED", ROOT.parent / "shared"))
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 PROBE = """
 import json, sys, time
-from robustjpeg import data
-from robustjpeg.preprocess import Preprocess
+from robustjpeg.data import datasets as data
+from robustjpeg.data.preprocess import Preprocess
 imports = data.peak_rss_mb()
 t0 = time.perf_counter()
 ds = data.load_dataset("imagefolder:" + sys.argv[1])

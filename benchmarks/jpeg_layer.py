@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustjpeg.jpeg import JpegLayer
+from robustjpeg.models.jpeg import JpegLayer
 
 
 class _Block(nn.Module):
@@ -36,7 +36,7 @@ class _Block(nn.Module):
 
 
 def _local_resnet20() -> nn.Module:
-    """Minimal CIFAR ResNet-20 (He et al. 2016, option A), used when robustjpeg.models is not available."""
+    """Minimal CIFAR ResNet-20 (He et al. 2016, option A), used when robustjpeg.models.factory is not available."""
     layers: list[nn.Module] = [nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU()]
     cin = 16
     for cout, stride in ((16, 1), (32, 2), (64, 2)):
@@ -50,10 +50,10 @@ def _local_resnet20() -> nn.Module:
 def resnet20() -> tuple[nn.Module, str]:
     """The project's ResNet-20 when its models module exists, else the local minimal one."""
     try:
-        from robustjpeg.models import create_model
+        from robustjpeg.models.factory import create_model
     except ImportError:
         return _local_resnet20(), "local minimal ResNet-20"
-    return create_model("resnet20"), "robustjpeg.models resnet20"
+    return create_model("resnet20"), "robustjpeg.models.factory resnet20"
 
 
 def layer_step(x: torch.Tensor) -> Callable[[], None]:

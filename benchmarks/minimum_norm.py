@@ -21,11 +21,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from robustjpeg import optimality as opt  # noqa: E402
-from robustjpeg.attacks import ATTACKS  # noqa: E402
-from robustjpeg.data import decode_cached  # noqa: E402
-from robustjpeg.loading import load_model  # noqa: E402
-from robustjpeg.sweep import perturbation_norm  # noqa: E402
+from robustjpeg.attacks.adapters import ATTACKS  # noqa: E402
+from robustjpeg.data.datasets import decode_cached  # noqa: E402
+from robustjpeg.evaluation import optimality as opt  # noqa: E402
+from robustjpeg.evaluation.sweep import perturbation_norm  # noqa: E402
+from robustjpeg.models.loading import load_model  # noqa: E402
 
 MODELS = {  # name: (file under shared/models, architecture, mean, std)
     "resnet20 (undefended)": ("cifar10/resnet20-12fca82f.th", "resnet20", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),

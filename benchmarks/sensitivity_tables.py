@@ -22,14 +22,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from robustjpeg.data import augment, eval_tensors, load_dataset, stratified_indices
-from robustjpeg.jpeg import (
+from robustjpeg.data.datasets import augment, eval_tensors, load_dataset, stratified_indices
+from robustjpeg.models.jpeg import (
     JpegLayer,
     init_sensitivity,
     matched_quality,
     standard_tables,
 )
-from robustjpeg.loading import load_model
+from robustjpeg.models.loading import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ROBUSTJPEG_SHARED", ROOT.parent / "shared"))

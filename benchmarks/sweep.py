@@ -15,15 +15,15 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from robustjpeg.attacks import load_suite  # noqa: E402
-from robustjpeg.results import cell_metas, read_run  # noqa: E402
-from robustjpeg.sweep import reference_sweep, run_sweep  # noqa: E402
+from robustjpeg.attacks.adapters import load_suite  # noqa: E402
+from robustjpeg.evaluation.results import cell_metas, read_run  # noqa: E402
+from robustjpeg.evaluation.sweep import reference_sweep, run_sweep  # noqa: E402
+
 from sweep_models import eval_set, suite_toml, trained_cnn, write_suite  # noqa: E402  (the tiny MNIST CNN the tests use)
 
 SUITE = suite_toml(["0", "1/255", "2/255", "4/255", "8/255", "16/255", "32/255", "64/255"],

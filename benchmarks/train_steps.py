@@ -25,9 +25,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from robustjpeg.data import Dataset, TensorSplit, load_dataset
-from robustjpeg.models import build_model
-from robustjpeg.train import Batches, TrainConfig, evaluate, make_optimisers, make_spec
+from robustjpeg.data.datasets import Dataset, TensorSplit, load_dataset
+from robustjpeg.models.factory import build_model
+from robustjpeg.training.loop import Batches, TrainConfig, evaluate, make_optimisers, make_spec
 
 
 def synthetic(size: int, classes: int, train: int, test: int) -> Dataset:

@@ -12,10 +12,10 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 # name -> module; imported on first use, so `import robustjpeg` (and the CLI's start-up) stays light
-_PUBLIC = {"evaluate": "robustjpeg.evaluation", "Evaluation": "robustjpeg.evaluation", "load_model": "robustjpeg.loading",
-           "load_dataset": "robustjpeg.data", "load_suite": "robustjpeg.attacks", "JpegLayer": "robustjpeg.jpeg",
-           "jpeg_mode": "robustjpeg.jpeg", "create_model": "robustjpeg.models", "write_report": "robustjpeg.report",
-           "compare_runs": "robustjpeg.compare"}
+_PUBLIC = {"evaluate": "robustjpeg.pipeline", "Evaluation": "robustjpeg.pipeline", "load_model": "robustjpeg.models.loading",
+           "load_dataset": "robustjpeg.data.datasets", "load_suite": "robustjpeg.attacks.adapters", "JpegLayer": "robustjpeg.models.jpeg",
+           "jpeg_mode": "robustjpeg.models.jpeg", "create_model": "robustjpeg.models.factory", "write_report": "robustjpeg.report.markdown",
+           "compare_runs": "robustjpeg.report.compare"}
 __all__ = [*_PUBLIC, "__version__"]
 
 

@@ -17,28 +17,29 @@ once per seed (named NAME-sSEED); transfer_from, match: and init_from pair withi
 
 Every stage is resumable: a trained model is reused when its recipe, data and seed are unchanged (the
 checkpoint folder is keyed by a hash of them), and sweeps resume cell by cell. One benchmark writes into an output
-folder at a time: a second one on the same folder is refused while the first runs (see robustjpeg.lock).
+folder at a time: a second one on the same folder is refused while the first runs (see robustjpeg.utils.lock).
 """
 
 from __future__ import annotations
 
-import math
-
 import dataclasses
+import math
 import sys
 import time
-import tomllib
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from robustjpeg.budgets import parse_eps_list
-from robustjpeg.errors import ConfigError, FolderLocked
-from robustjpeg.io import config_hash
+import tomllib
 
-DEFAULT_FILE = Path(__file__).resolve().parent / "suites" / "bench-quick.toml"
+from robustjpeg.attacks.budgets import parse_eps_list
+from robustjpeg.errors import ConfigError, FolderLocked
+from robustjpeg.utils.io import config_hash
+
+DEFAULT_FILE = Path(str(resources.files("robustjpeg") / "bench-quick.toml"))
 MATCH = "match:"  # jpeg_quality = "match:NAME": a fixed-JPEG control matched to NAME's learned tables
 LATER_KEYS = ("q_max", "chroma_offset")  # train keys added after checkpoint folders were first keyed
 SECTION_KEYS = {
@@ -133,7 +134,7 @@ def load_benchmark(path: Path | str | None = None) -> Benchmark:
     """Read and validate a benchmark file (the embedded quick benchmark when path is None)."""
     path = Path(path) if path is not None else DEFAULT_FILE
     if not path.is_file():
-        raise ConfigError(f"benchmark file {path} not found; give a path such as attacks/jpeg-cifar10.toml")
+        raise ConfigError(f"benchmark file {path} not found; give a path such as bench/jpeg-cifar10.toml")
     try:
         doc = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
@@ -267,10 +268,10 @@ def _check_init(bench: Benchmark, entry: ModelEntry, earlier: list[ModelEntry]) 
                           f"({', '.join(baselines) or 'none before this model'})")
 
 
-def resolve_match(entry: ModelEntry, checkpoints: dict[str, Path], log: "Log") -> ModelEntry:
+def resolve_match(entry: ModelEntry, checkpoints: dict[str, Path], log: Log) -> ModelEntry:
     """Replace jpeg_quality = "match:NAME" by the quality closest to NAME's learned tables."""
-    from robustjpeg.jpeg import matched_quality
-    from robustjpeg.train import load_trained
+    from robustjpeg.models.checkpoints import load_trained
+    from robustjpeg.models.jpeg import matched_quality
 
     source = _match_source(entry)
     if source is None:
@@ -294,7 +295,7 @@ class Log:
     """Line-based progress: one timestamped line per step, readable in a nightly log (rank 0 only under torchrun)."""
 
     def __init__(self, stream=sys.stderr) -> None:
-        from robustjpeg.distributed import is_main
+        from robustjpeg.utils.distributed import is_main
 
         self.stream = stream if is_main() else None
         self.t0 = time.perf_counter()
@@ -308,7 +309,7 @@ class Log:
 
 def train_config(bench: Benchmark, entry: ModelEntry, device: str):
     """The TrainConfig of a model entry; the benchmark's dataset and seed apply unless the entry sets them."""
-    from robustjpeg.train import TrainConfig
+    from robustjpeg.training.loop import TrainConfig
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(entry.train) - fields)
@@ -324,7 +325,8 @@ def train_config(bench: Benchmark, entry: ModelEntry, device: str):
 
 def ensure_trained(bench: Benchmark, entry: ModelEntry, models_dir: Path, device: str, log: Log) -> Path:
     """Train a model unless a finished checkpoint of the same recipe exists; return the checkpoint path."""
-    from robustjpeg.train import read_checkpoint, train
+    from robustjpeg.models.checkpoints import read_checkpoint
+    from robustjpeg.training.loop import train
 
     cfg = train_config(bench, entry, device)
     folder = models_dir / f"{entry.name}-{config_hash(_recipe_key(cfg))}"
@@ -362,7 +364,7 @@ def train_models(bench: Benchmark, out: Path, device: str, log: Log) -> dict[str
 
 def load_entry(bench: Benchmark, entry: ModelEntry, checkpoints: dict[str, Path], device: str):
     """Rebuild a benchmark model: our trained checkpoint, or any source through load_model."""
-    from robustjpeg.loading import load_model
+    from robustjpeg.models.loading import load_model
 
     if entry.train is not None:
         return load_model(checkpoints[entry.name], device=device, name=entry.name)
@@ -399,12 +401,12 @@ def _sweep_order(bench: Benchmark, suites_override: list[str] | None) -> list[tu
 
 def _sweep_all(bench: Benchmark, models: dict, infos: dict, out: Path, device, suites_override, eps, progress,
                log: Log) -> list[Path]:
-    from robustjpeg.attacks import load_suite
-    from robustjpeg.budgets import fit_suite
-    from robustjpeg.data import eval_tensors, load_dataset
-    from robustjpeg.loading import fit_to_data
-    from robustjpeg.probe import PROBE_IMAGES, probe_model
-    from robustjpeg.sweep import run_sweep, sweep_fingerprint
+    from robustjpeg.attacks.adapters import load_suite
+    from robustjpeg.attacks.budgets import fit_suite
+    from robustjpeg.data.datasets import eval_tensors, load_dataset
+    from robustjpeg.evaluation.sweep import run_sweep, sweep_fingerprint
+    from robustjpeg.models.loading import fit_to_data
+    from robustjpeg.models.probe import PROBE_IMAGES, probe_model
 
     ds = load_dataset(bench.dataset, bench.data_root, bench.download)
     px, py, _ = eval_tensors(ds, min(PROBE_IMAGES, len(ds.test)), bench.seed)
@@ -437,8 +439,8 @@ def _sweep_all(bench: Benchmark, models: dict, infos: dict, out: Path, device, s
 
 def _history(bench: Benchmark, run_dirs: list[Path], log: Log) -> list[dict]:
     """Append the runs to the history and return significant drops against each model's previous run."""
-    from robustjpeg.history import append_history, find_regressions, load_history
-    from robustjpeg.io import read_json
+    from robustjpeg.report.history import append_history, find_regressions, load_history
+    from robustjpeg.utils.io import read_json
 
     ids = {read_json(append_history(d, bench.history), "history record")["id"] for d in run_dirs}
     found = [r for r in find_regressions(load_history(bench.history), bench.fail_on_drop or 0.0) if r["id"] in ids]
@@ -449,8 +451,8 @@ def _history(bench: Benchmark, run_dirs: list[Path], log: Log) -> list[dict]:
 @contextmanager
 def one_writer(out: Path):
     """Rank 0 holds the lock of `out` for the whole benchmark; every rank stops when another process holds it."""
-    from robustjpeg import distributed
-    from robustjpeg.lock import folder_lock
+    from robustjpeg.utils import distributed
+    from robustjpeg.utils.lock import folder_lock
 
     launch = distributed.launch()
     with ExitStack() as stack:
@@ -475,9 +477,9 @@ def run_benchmark(bench: Benchmark, out: Path, *, device: str = "auto", suites: 
 
 def _run(bench: Benchmark, out: Path, device: str, suites: list[str] | None, eps: list[float] | None,
          progress: bool | None, log: Log) -> Outcome:
-    from robustjpeg.distributed import is_main
-    from robustjpeg.io import resolve_device
-    from robustjpeg.report import write_report
+    from robustjpeg.report.markdown import write_report
+    from robustjpeg.utils.distributed import is_main
+    from robustjpeg.utils.io import resolve_device
 
     progress = sys.stderr.isatty() if progress is None else progress
     device = str(resolve_device(device))
@@ -498,7 +500,7 @@ def _run(bench: Benchmark, out: Path, device: str, suites: list[str] | None, eps
 
 def _untrusted(run_dirs: list[Path]) -> list[str]:
     """Models whose reported worst case (over every suite they ran) the verdict does not trust."""
-    from robustjpeg.runs import load_run, worst_case_verdict
+    from robustjpeg.report.runs import load_run, worst_case_verdict
 
     by_model: dict[str, list] = {}
     for d in run_dirs:  # runs/MODEL/KEY/SUITE

@@ -11,10 +11,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from robustjpeg import __version__
-from robustjpeg.budgets import parse_budget, parse_eps_list
+from robustjpeg.attacks.budgets import parse_budget, parse_eps_list
+from robustjpeg.data.preprocess import INTERPOLATIONS, parse_input_size
 from robustjpeg.errors import ConfigError, RobustJpegError, RobustJpegWarning
-from robustjpeg.preprocess import INTERPOLATIONS, parse_input_size
-from robustjpeg.verdict import run_verdict
+from robustjpeg.evaluation.verdict import run_verdict
 
 EXIT_OK, EXIT_CRASH, EXIT_USAGE, EXIT_REGRESSION, EXIT_CHECK_FAILED = 0, 1, 2, 3, 4
 # What to do after Ctrl-C, per command (train, sweep and eval take --resume; bench resumes by itself).
@@ -163,7 +163,7 @@ def _add_train(p: argparse.ArgumentParser) -> None:
 
 
 def _train_config(args: argparse.Namespace):
-    from robustjpeg.train import TrainConfig
+    from robustjpeg.training.loop import TrainConfig
 
     if args.jpeg_fixed is not None and args.jpeg_quality is not None:
         raise ConfigError("--jpeg-fixed QUALITY already sets the quality; drop --jpeg-quality")
@@ -186,8 +186,8 @@ def _train_config(args: argparse.Namespace):
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from robustjpeg.distributed import is_main, launch
-    from robustjpeg.train import train
+    from robustjpeg.training.loop import train
+    from robustjpeg.utils.distributed import is_main, launch
 
     launch()  # under torchrun: join the process group and pick this rank's GPU before anything touches CUDA
     cfg = _train_config(args)
@@ -240,7 +240,7 @@ def _add_sweep_args(p: argparse.ArgumentParser) -> None:
 
 def _load(args: argparse.Namespace, device):
     """The model named by CHECKPOINT / --spec and the model-source flags, as (model, info)."""
-    from robustjpeg.loading import load_model
+    from robustjpeg.models.loading import load_model
 
     if args.checkpoint and args.spec:
         raise ConfigError(f"give CHECKPOINT or --spec, not both (the spec names its checkpoint): {args.checkpoint}, {args.spec}")
@@ -256,12 +256,12 @@ def _load(args: argparse.Namespace, device):
 def _sweep(args: argparse.Namespace, place) -> tuple[dict, Path]:
     """Load the model and the evaluation subset, check they fit, and sweep the suite into place(model info);
     returns the results and that run folder."""
-    from robustjpeg.data import load_dataset
-    from robustjpeg.distributed import is_main, launch
-    from robustjpeg.evaluation import fitted_suite, prepare
-    from robustjpeg.io import resolve_device
-    from robustjpeg.loading import load_model
-    from robustjpeg.sweep import run_sweep
+    from robustjpeg.data.datasets import load_dataset
+    from robustjpeg.evaluation.sweep import run_sweep
+    from robustjpeg.models.loading import load_model
+    from robustjpeg.pipeline import fitted_suite, prepare
+    from robustjpeg.utils.distributed import is_main, launch
+    from robustjpeg.utils.io import resolve_device
 
     launch()  # under torchrun: join the process group and pick this rank's GPU before anything touches CUDA
     data = load_dataset(args.dataset, args.data_root, args.download, args.channels)
@@ -300,9 +300,9 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    from robustjpeg.distributed import is_main
-    from robustjpeg.formatting import slug
-    from robustjpeg.report import write_report
+    from robustjpeg.report.markdown import write_report
+    from robustjpeg.utils.distributed import is_main
+    from robustjpeg.utils.formatting import slug
 
     if args.out is None:
         raise ConfigError("eval needs -o/--out DIR for the run folder and the report")
@@ -322,8 +322,8 @@ def _add_report(p: argparse.ArgumentParser) -> None:
 
 
 def _run_report(args: argparse.Namespace) -> int:
-    from robustjpeg.history import append_history
-    from robustjpeg.report import write_report
+    from robustjpeg.report.history import append_history
+    from robustjpeg.report.markdown import write_report
 
     if not args.runs and args.history is None:
         raise ConfigError("report needs at least one RUN folder, or --history DIR for the trend alone")
@@ -347,7 +347,7 @@ def _add_compare(p: argparse.ArgumentParser) -> None:
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-    from robustjpeg.compare import compare_runs, regressions, render, write_compare
+    from robustjpeg.report.compare import compare_runs, regressions, render, write_compare
 
     if args.fail_on_drop is not None and args.fail_on_drop < 0:
         raise ConfigError(f"--fail-on-drop takes a non-negative number of points, not {args.fail_on_drop}")

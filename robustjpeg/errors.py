@@ -42,3 +42,9 @@ class FolderLocked(RobustJpegError):
 
 class RobustJpegWarning(UserWarning):
     """Something to act on that does not stop the run (a skipped file, a model that misses its data); one line."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (or its type), for one-line errors that quote a library's."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

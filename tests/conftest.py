@@ -74,7 +74,7 @@ class Killed(Exception):
 @pytest.fixture
 def kill_pgd_after(monkeypatch):
     """kill_pgd_after(k): the k-th PGD call raises Killed; kill_pgd_after(None) puts PGD back (the rerun)."""
-    from robustjpeg.attacks import PGD
+    from robustjpeg.attacks.adapters import PGD
 
     original = PGD.perturb
 
@@ -93,7 +93,7 @@ def kill_pgd_after(monkeypatch):
 
 
 def _train_mnist(tmp_path_factory, variant: str) -> dict:
-    from robustjpeg.train import TrainConfig, train
+    from robustjpeg.training.loop import TrainConfig, train
 
     cfg = TrainConfig(dataset="mnist5k", variant=variant, device="cpu", progress=False)
     with one_thread():
@@ -115,7 +115,7 @@ def mnist_jpeg_run(tmp_path_factory) -> dict:
 @pytest.fixture(scope="session")
 def cifar_jpeg_test_set(cifar_jpeg_test_tar, tmp_path_factory) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """The CIFAR-10 JPEG test set decoded once per session: (uint8 NCHW [10000,3,32,32], labels, class names)."""
-    from robustjpeg import data
+    from robustjpeg.data import datasets as data
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("ROBUSTJPEG_CACHE", str(tmp_path_factory.mktemp("decoded")))

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from robustjpeg import results
-from robustjpeg import train as train_stage
 from robustjpeg.cli import main
-from robustjpeg.distributed import read_launch
+from robustjpeg.evaluation import results
+from robustjpeg.training import loop as train_stage
+from robustjpeg.utils.distributed import read_launch
 
 
 def _keep_rank_weights() -> None:

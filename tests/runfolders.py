@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from robustjpeg.checks import CHECKS
-from robustjpeg.results import cell_key, robust_record, worst_case, write_results, write_run, write_samples
+from robustjpeg.evaluation.checks import CHECKS
+from robustjpeg.evaluation.results import cell_key, robust_record, worst_case, write_results, write_run, write_samples
 
 LINF = [0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255]
 L2 = [0.0, 0.25, 0.5, 1.0]

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from robustjpeg.data import eval_tensors, load_dataset
+from robustjpeg.data.datasets import eval_tensors, load_dataset
 
 
 def tiny_cnn() -> nn.Module:
@@ -18,7 +18,7 @@ def tiny_cnn() -> nn.Module:
                          nn.ReLU(), nn.Flatten(), nn.Linear(16 * 7 * 7, 10))
 
 
-@lru_cache(maxsize=None)
+@cache
 def trained_cnn(epochs: int = 2, seed: int = 0) -> nn.Module:
     """tiny_cnn trained on the 4,000 mnist5k training digits (about 90% on its test digits), in eval mode."""
     return _fit(lambda model, x, y: x, epochs, seed)
@@ -67,7 +67,7 @@ def write_suite(folder: Path, text: str) -> Path:
     return path
 
 
-@lru_cache(maxsize=None)
+@cache
 def pgd_trained_cnn(eps: float = 0.1, epochs: int = 3, seed: int = 0) -> nn.Module:
     """tiny_cnn adversarially trained on mnist5k (Madry et al.: each batch replaced by 5-step Linf PGD examples at
     eps, step eps/2, random start): a small robust model whose robust accuracy is far from 0 at eps."""

@@ -10,9 +10,10 @@ import pytest
 import torch
 from torch import nn
 
+from robustjpeg.attacks.adapters import SHIPPED_SUITES, load_suite
+from robustjpeg.evaluation.sweep import run_sweep
+
 from conftest import shared_file
-from robustjpeg.attacks import SHIPPED_SUITES, load_suite
-from robustjpeg.sweep import run_sweep
 from sweep_models import eval_set, pgd_trained_cnn, suite_toml, trained_cnn, write_suite
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -62,7 +63,7 @@ def test_every_shipped_suite_drives_an_undefended_digit_model_to_zero_in_every_n
 
 @pytest.fixture(scope="module")
 def resnet20_and_images(resnet20_checkpoint, cifar_jpeg_test_set):
-    from robustjpeg.loading import load_model
+    from robustjpeg.models.loading import load_model
 
     model, _ = load_model(resnet20_checkpoint, arch="resnet20", mean=IMAGENET_MEAN, std=IMAGENET_STD)
     pixels, labels, _ = cifar_jpeg_test_set
@@ -157,7 +158,7 @@ def test_standard_suite_on_a_pgd_trained_digit_model_lies_between_plain_pgd_and_
 
 def test_standard_suite_on_an_adversarially_trained_cifar_cnn_lies_between_plain_pgd_and_autoattack(
         cifar_jpeg_test_set, tmp_path):
-    from robustjpeg.loading import load_model
+    from robustjpeg.models.loading import load_model
 
     model, _ = load_model(shared_file("models/robust/cifar_cnn_a_adv.pt"), arch="cnn_a", mean=CIFAR_MEAN, std=CIFAR_STD)
     model.eval()

@@ -12,12 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import one_thread
+import robustjpeg
 from robustjpeg.bench import DEFAULT_FILE, Log, load_benchmark, train_config, train_models
 from robustjpeg.cli import EXIT_CRASH, EXIT_REGRESSION, EXIT_USAGE, main
 from robustjpeg.errors import ConfigError
-from robustjpeg.jpeg import CHROMA_TABLE, LUMA_TABLE
-from robustjpeg.verdict import GRADIENT_MASKING, MASKING_CHECKS
+from robustjpeg.evaluation.verdict import GRADIENT_MASKING, MASKING_CHECKS
+from robustjpeg.models.jpeg import CHROMA_TABLE, LUMA_TABLE
+
+from conftest import one_thread
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 N = "60"
@@ -39,9 +41,8 @@ def default_run(tmp_path_factory):
     return root, code
 
 
-def test_packaged_default_benchmark_is_identical_to_the_repository_copy():
-    repo_copy = Path(__file__).resolve().parents[1] / "attacks" / "bench-quick.toml"
-    assert DEFAULT_FILE.read_text() == repo_copy.read_text()
+def test_default_benchmark_is_read_from_the_installed_package():
+    assert DEFAULT_FILE.is_file() and DEFAULT_FILE.parent == Path(robustjpeg.__file__).parent
 
 
 def test_default_benchmark_reports_both_models_with_plots_and_checks(default_run):
@@ -254,8 +255,7 @@ def test_init_from_pairs_within_a_seed(tmp_path):
                        "baseline-s1": None, "jpeg-dl-s1": "baseline-s1", "control-s1": "baseline-s1"}
 
 
-BENCHMARK_FILES = [p for p in sorted((Path(__file__).resolve().parents[1] / "attacks").glob("*.toml"))
-                   if "[benchmark]" in p.read_text()]
+BENCHMARK_FILES = [DEFAULT_FILE, *sorted((Path(__file__).resolve().parents[1] / "bench").glob("*.toml"))]
 FAMILIES = {"mnist5k": "mnist", "flowers102": "fine"}  # every other committed benchmark trains on CIFAR-10 JPEG
 
 
@@ -282,7 +282,7 @@ def _bench_of_one(tmp_path: Path, name: str, checkpoint: Path) -> int:
 
 
 def test_a_loaded_model_with_the_wrong_class_count_is_refused_before_any_sweep(tmp_path, capsys):
-    from robustjpeg.models import ModelSpec, build_model
+    from robustjpeg.models.factory import ModelSpec, build_model
 
     spec = ModelSpec(arch="smallcnn", num_classes=7, in_channels=1, mean=(0.13,), std=(0.31,), input_size=28)
     torch.save({"schema": "robustjpeg.checkpoint/1", "model_spec": spec.to_dict(),
@@ -305,7 +305,7 @@ def test_a_loaded_model_that_returns_probabilities_is_refused_before_any_sweep(t
 def test_sweeps_run_suite_by_suite_so_cheap_suites_finish_for_every_model_first():
     from robustjpeg.bench import _sweep_order
 
-    bench = load_benchmark(Path(__file__).resolve().parents[1] / "attacks" / "study-cpu.toml")
+    bench = load_benchmark(Path(__file__).resolve().parents[1] / "bench" / "study-cpu.toml")
     order = [(entry.name, suite) for entry, suite in _sweep_order(bench, None)]
     models = ("baseline", "jpeg-dl", "jpeg-fixed")
     assert order == [(m, s) for s in ("paper", "adaptive") for m in models] + [(m, "standard") for m in models[:2]]
@@ -440,7 +440,7 @@ def test_bench_killed_at_a_random_write_resumes_to_the_same_results_without_reco
 
 HOLD_LOCK = """
 import sys, time
-from robustjpeg.lock import folder_lock
+from robustjpeg.utils.lock import folder_lock
 with folder_lock(sys.argv[1], "bench"):
     print("holding", flush=True)
     time.sleep(60)
@@ -466,7 +466,7 @@ def test_a_second_bench_on_the_same_folder_is_refused_naming_the_holder_until_it
         holder.kill()
         holder.wait()
     assert json.loads((out / ".robustjpeg.lock").read_text())["pid"] == holder.pid, "the dead holder's lock is gone"
-    from robustjpeg.lock import folder_lock
+    from robustjpeg.utils.lock import folder_lock
 
     with folder_lock(out, "bench") as lock:
         assert json.loads(lock.read_text())["pid"] == os.getpid(), "the stale lock of a dead process was not taken over"

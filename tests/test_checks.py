@@ -8,8 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from robustjpeg.attacks import load_suite
-from robustjpeg.sweep import run_sweep
+from robustjpeg.attacks.adapters import load_suite
+from robustjpeg.evaluation.sweep import run_sweep
+
 from sweep_models import eval_set, suite_toml, trained_cnn, write_suite
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -89,7 +90,7 @@ def test_more_pgd_steps_never_raise_accuracy(tmp_path):
 
 def test_hard_jpeg_masks_plain_pgd_and_bpda_check_flags_it(tmp_path):
     """A JPEG layer deployed with the hard quantiser: zero gradients stop plain PGD, the straight-through view does not."""
-    from robustjpeg.jpeg import JpegLayer
+    from robustjpeg.models.jpeg import JpegLayer
 
     layer = JpegLayer(channels=1, quality=50, mode="soft")
     suite = load_suite(write_suite(tmp_path, suite_toml(["0", "0.1", "0.2"], PGD, {**PGD, "name": "pgd-bpda", "view": "ste"})))
@@ -108,7 +109,7 @@ def test_hard_jpeg_masks_plain_pgd_and_bpda_check_flags_it(tmp_path):
 
 def test_trained_jpeg_dl_model_deployed_hard_is_flagged_and_bpda_reaches_chance(tmp_path, mnist_jpeg_run):
     """The mnist5k JPEG-DL model of the training tests, deployed with the hard quantiser, under PGD and BPDA-PGD."""
-    from robustjpeg.train import load_trained
+    from robustjpeg.models.checkpoints import load_trained
 
     model = load_trained(mnist_jpeg_run["checkpoint"])[0]
     checks = sweep_checks(tmp_path, model, suite_toml(["0", "0.1", "0.2"], PGD, {**PGD, "name": "pgd-bpda", "view": "ste"}),

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from robustjpeg import __version__
-from robustjpeg.budgets import FAMILY_BUDGETS, choose_budgets
+from robustjpeg.attacks.budgets import FAMILY_BUDGETS, choose_budgets
 from robustjpeg.cli import COMMANDS, EXIT_USAGE, build_parser, main, parse_eps_list
 from robustjpeg.errors import ConfigError
 

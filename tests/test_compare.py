@@ -6,13 +6,14 @@ import json
 
 import numpy as np
 import pytest
-from runfolders import make_run
 from scipy.stats import binomtest
 
 from robustjpeg.cli import EXIT_OK, EXIT_REGRESSION, EXIT_USAGE, main
-from robustjpeg.compare import compare_runs, paired_change, regressions
 from robustjpeg.errors import RunFolderError
-from robustjpeg.results import worst_key
+from robustjpeg.evaluation.results import worst_key
+from robustjpeg.report.compare import compare_runs, paired_change, regressions
+
+from runfolders import make_run
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from robustjpeg import data
+from robustjpeg.data import datasets as data
 from robustjpeg.errors import BadInput, DatasetNotFound, UnknownName
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -187,7 +187,7 @@ def test_missing_data_sets_say_where_they_looked_and_which_flag_helps(tmp_path):
 def test_file_based_splits_batch_in_the_seeded_order_and_feed_eval_tensors(tiny_imagefolder):
     from torchvision import transforms
 
-    from robustjpeg.train import Batches, TrainConfig
+    from robustjpeg.training.loop import Batches, TrainConfig
 
     files = sorted((tiny_imagefolder / "train").rglob("*.jpg"))
     labels = [sorted({f.parent.name for f in files}).index(f.parent.name) for f in files]

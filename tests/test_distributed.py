@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, one_thread
 from robustjpeg.cli import EXIT_OK, main
-from robustjpeg.distributed import Launch, padded_shard, read_launch, shard_indices
 from robustjpeg.errors import ConfigError
-from robustjpeg.results import read_run
-from robustjpeg.train import load_trained
+from robustjpeg.evaluation.results import read_run
+from robustjpeg.models.checkpoints import load_trained
+from robustjpeg.utils.distributed import Launch, padded_shard, read_launch, shard_indices
+
+from conftest import REPO, one_thread
 from sweep_models import suite_toml, write_suite
 
 HELPER = str(REPO / "tests" / "dist_helper.py")

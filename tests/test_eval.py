@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
+from test_loading import ZOO_NAME, no_network, robustbench  # noqa: F401  (fixtures)
 
 from robustjpeg.cli import EXIT_CHECK_FAILED, EXIT_OK, main
-from test_loading import ZOO_NAME, no_network, robustbench  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 IMAGENET = ["--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225"]

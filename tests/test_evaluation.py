@@ -6,14 +6,14 @@ import os
 
 import numpy as np
 import pytest
-import torch
 from torch import nn
 
 import robustjpeg
 from robustjpeg.cli import main
 from robustjpeg.errors import RobustJpegError
-from robustjpeg.results import read_run
-from robustjpeg.verdict import run_verdict
+from robustjpeg.evaluation.results import read_run
+from robustjpeg.evaluation.verdict import run_verdict
+
 from sweep_models import eval_set, trained_cnn
 
 pytestmark = pytest.mark.usefixtures("single_thread")

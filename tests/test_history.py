@@ -6,11 +6,12 @@ import re
 from concurrent.futures import ProcessPoolExecutor
 
 import pytest
-from runfolders import ATTACKS, assert_real_png, make_run, markdown_tables
 
 from robustjpeg.cli import EXIT_OK, main
 from robustjpeg.errors import RunFolderError
-from robustjpeg.history import append_history, find_regressions, load_history
+from robustjpeg.report.history import append_history, find_regressions, load_history
+
+from runfolders import ATTACKS, assert_real_png, make_run, markdown_tables
 
 NIGHTS = [f"2026-11-{d:02d}T03:00:00+00:00" for d in range(20, 24)]
 

@@ -12,12 +12,14 @@ import pytest
 import torch
 from PIL import Image
 
+from robustjpeg.data import datasets as data
+from robustjpeg.data import splits
+from robustjpeg.data.imagefiles import ImageFiles
+from robustjpeg.data.preprocess import Preprocess
+from robustjpeg.errors import BadInput, DatasetNotFound
+
 from conftest import shared_file
 from sweep_models import suite_toml, write_suite
-from robustjpeg import data, splits
-from robustjpeg.errors import BadInput, DatasetNotFound
-from robustjpeg.imagefiles import ImageFiles
-from robustjpeg.preprocess import Preprocess
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 IMAGENET = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
@@ -46,7 +48,7 @@ def cifar_members(cifar_jpeg_test_tar) -> list[tuple[str, str, bytes]]:
 
 @pytest.fixture(scope="module")
 def resnet20(resnet20_checkpoint):
-    from robustjpeg.loading import load_model
+    from robustjpeg.models.loading import load_model
 
     return load_model(resnet20_checkpoint, arch="resnet20", **IMAGENET)[0]
 
@@ -329,8 +331,8 @@ def test_eval_cli_resizes_mixed_photos_and_records_it_in_run_json(cifar_members,
 
 
 def test_a_model_trained_on_mixed_sizes_stores_its_test_resize_and_eval_reuses_it(cifar_members, tmp_path):
-    from robustjpeg.loading import load_model
-    from robustjpeg.train import TrainConfig, train
+    from robustjpeg.models.loading import load_model
+    from robustjpeg.training.loop import TrainConfig, train
 
     root = tmp_path / "mixed"
     _write(root / "train", cifar_members, 4, _bicubic_copy)

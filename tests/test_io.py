@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from robustjpeg.io import atomic_save_npz, atomic_torch_save, atomic_write_json, atomic_write_text
+from robustjpeg.utils.io import atomic_save_npz, atomic_torch_save, atomic_write_json, atomic_write_text
 
 
 @pytest.fixture

@@ -14,15 +14,15 @@ from torch import nn
 from torch.func import functional_call
 
 from robustjpeg.errors import BadInput, ConfigError, UnknownName
-from robustjpeg.jpeg import (
+from robustjpeg.models.jpeg import (
     JpegLayer,
-    matched_quality,
     block_dct,
     block_idct,
     init_abs_avg,
     init_sensitivity,
     jpeg_layers,
     jpeg_mode,
+    matched_quality,
     rgb_to_ycbcr,
     soft_quantize,
     standard_tables,

@@ -17,8 +17,9 @@ from PIL import Image
 
 from robustjpeg.cli import main
 from robustjpeg.errors import CheckpointError, ConfigError, UnknownName
-from robustjpeg.models import ModelSpec, build_model
-from robustjpeg.loading import check_class_count, fit_input_size, import_robustbench, load_model, read_model_spec
+from robustjpeg.models.factory import ModelSpec, build_model
+from robustjpeg.models.loading import check_class_count, fit_input_size, load_model, read_model_spec
+from robustjpeg.models.robustbench import import_robustbench
 
 ARCH = "torchvision:mobilenet_v3_small"
 CLASSES = 7
@@ -423,11 +424,11 @@ def fresh_autoattack_names():
 
 
 def test_autoattack_is_served_by_pyautoattack(fresh_autoattack_names):
-    from robustjpeg.loading import _alias_autoattack
+    from robustjpeg.models.robustbench import alias_autoattack
 
     if "autoattack" not in sys.modules and __import__("importlib.util").util.find_spec("autoattack") is not None:
         pytest.skip("a real autoattack package is installed; no alias is needed")
-    _alias_autoattack()
+    alias_autoattack()
     from autoattack import AutoAttack
     from autoattack.state import EvaluationState
     from pyautoattack import AutoAttack as Official

@@ -8,9 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from robustjpeg import data, models
+from robustjpeg.data import datasets as data
 from robustjpeg.errors import UnknownName
-from robustjpeg.jpeg import JpegLayer
+from robustjpeg.models import factory as models
+from robustjpeg.models.jpeg import JpegLayer
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from robustjpeg import data
+from robustjpeg.data import datasets as data
+from robustjpeg.data.preprocess import Preprocess, eval_transform, parse_input_size, timm_defaults
 from robustjpeg.errors import ConfigError
-from robustjpeg.preprocess import Preprocess, eval_transform, parse_input_size, timm_defaults
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -46,7 +46,7 @@ def test_input_size_reads_every_common_spelling():
 
 def test_timm_architecture_brings_its_pretrained_cfg_as_preprocessing_defaults(tmp_path):
     timm = pytest.importorskip("timm")
-    from robustjpeg.loading import load_model
+    from robustjpeg.models.loading import load_model
 
     net = timm.create_model("resnet18", pretrained=False, num_classes=10)
     cfg = net.pretrained_cfg
@@ -58,7 +58,7 @@ def test_timm_architecture_brings_its_pretrained_cfg_as_preprocessing_defaults(t
 
 
 def test_spec_toml_carries_the_resize_and_flags_win(tmp_path, resnet20_checkpoint):
-    from robustjpeg.loading import load_model
+    from robustjpeg.models.loading import load_model
 
     spec = tmp_path / "model.toml"
     spec.write_text(f'checkpoint = "{resnet20_checkpoint}"\narch = "resnet20"\ninput_size = 32\nresize = 36\n'

@@ -9,10 +9,11 @@ import torch
 from torch import nn
 
 from robustjpeg.cli import EXIT_USAGE, main
-from robustjpeg.data import stratified_indices
+from robustjpeg.data.datasets import stratified_indices
 from robustjpeg.errors import RobustJpegWarning
-from robustjpeg.loading import load_model
-from robustjpeg.probe import probe_model
+from robustjpeg.models.loading import load_model
+from robustjpeg.models.probe import probe_model
+
 from sweep_models import eval_set, tiny_cnn, trained_cnn
 
 pytestmark = pytest.mark.usefixtures("single_thread")

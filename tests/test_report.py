@@ -7,14 +7,15 @@ import re
 
 import numpy as np
 import pytest
-from runfolders import ATTACKS, assert_real_png, make_run, markdown_tables, parse_accuracy
 
 from robustjpeg.cli import EXIT_OK, EXIT_USAGE, main
 from robustjpeg.errors import RunFolderError
-from robustjpeg.formatting import budget
-from robustjpeg.report import combined_worst_case, write_report
-from robustjpeg.runs import load_run, load_runs
-from robustjpeg.verdict import MASKING_CHECKS
+from robustjpeg.evaluation.verdict import MASKING_CHECKS
+from robustjpeg.report.markdown import combined_worst_case, write_report
+from robustjpeg.report.runs import load_run, load_runs
+from robustjpeg.utils.formatting import budget
+
+from runfolders import ATTACKS, assert_real_png, make_run, markdown_tables, parse_accuracy
 
 # FGSM stronger than PGD: the shape of masked gradients, which check 6 must flag
 MASKED = [("fgsm", "fgsm", "Linf", 1.0), ("pgd", "pgd", "Linf", 1.6), ("aa", "autoattack", "Linf", 1.2),
@@ -121,13 +122,13 @@ def test_every_referenced_image_is_a_real_png(report):
 def real_report(request, tmp_path_factory):
     """A trained JPEG-DL model swept as trained (soft quantiser) and with the hard quantiser, whose zero input
     gradients mask every gradient attack: the sanity checks must catch the second one."""
-    pytest.importorskip("robustjpeg.sweep", reason="the sweep engine writes the real run folders")
+    pytest.importorskip("robustjpeg.evaluation.sweep", reason="the sweep engine writes the real run folders")
     trained = request.getfixturevalue("mnist_jpeg_run")
-    from conftest import one_thread
+    from robustjpeg.data.datasets import eval_tensors, load_dataset
+    from robustjpeg.evaluation.sweep import load_suite, run_sweep
+    from robustjpeg.models.checkpoints import load_trained
 
-    from robustjpeg.data import eval_tensors, load_dataset
-    from robustjpeg.sweep import load_suite, run_sweep
-    from robustjpeg.train import load_trained
+    from conftest import one_thread
 
     base = tmp_path_factory.mktemp("real")
     (base / "tiny.toml").write_text(TINY_SUITE)
@@ -189,7 +190,7 @@ def test_robustbench_json_per_model(report):
 
 
 def test_jpeg_model_gets_table_heat_map(tmp_path):
-    pytest.importorskip("robustjpeg.jpeg", reason="the JPEG layer module provides the standard tables")
+    pytest.importorskip("robustjpeg.models.jpeg", reason="the JPEG layer module provides the standard tables")
     run = make_run(tmp_path / "jpeg", "resnet20-jpeg", n=60, jpeg=True)
     path = write_report([run], tmp_path / "report")
     images = re.findall(r"!\[[^\]]*\]\((jpeg-tables-[^)]+)\)", path.read_text())
@@ -341,7 +342,7 @@ def _swept(root, checkpoint, out: str, *extra: str):
 
 
 def test_two_checkpoints_with_the_same_file_name_get_different_labels_and_never_merge(same_file_name):
-    from robustjpeg.history import append_history, history_section
+    from robustjpeg.report.history import append_history, history_section
 
     root, files = same_file_name
     runs = [_swept(root, f, f"sweep-{i}") for i, f in enumerate(files)]

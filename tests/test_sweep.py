@@ -10,15 +10,16 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import Killed, one_thread
-from robustjpeg.attacks import Suite, load_suite
+from robustjpeg.attacks.adapters import Suite, load_suite
 from robustjpeg.cli import EXIT_CHECK_FAILED, EXIT_OK, EXIT_USAGE, main
-from robustjpeg.data import eval_tensors, load_dataset
+from robustjpeg.data.datasets import eval_tensors, load_dataset
 from robustjpeg.errors import BadInput, RobustJpegWarning, RunFolderError
-from robustjpeg.io import file_sha256
-from robustjpeg.results import cell_metas, read_run
-from robustjpeg.runs import load_run
-from robustjpeg.sweep import reference_sweep, run_sweep
+from robustjpeg.evaluation.results import cell_metas, read_run
+from robustjpeg.evaluation.sweep import reference_sweep, run_sweep
+from robustjpeg.report.runs import load_run
+from robustjpeg.utils.io import file_sha256
+
+from conftest import Killed, one_thread
 from sweep_models import eval_set, suite_toml, trained_cnn, write_suite
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -91,8 +92,8 @@ def test_early_exit_pgd_breaks_a_superset_of_torchattacks_pgd_with_fewer_passes(
     loop breaks too, inside the budget, for fewer forward and backward passes (the engine's pass counter)."""
     import torchattacks
 
-    from robustjpeg.attacks import early_exit_pgd
-    from robustjpeg.sweep import PassCounter, perturbation_norm
+    from robustjpeg.attacks.adapters import early_exit_pgd
+    from robustjpeg.evaluation.sweep import PassCounter, perturbation_norm
 
     model, (x, y) = trained_cnn(), eval_set(100)
     theirs, ours = {"forward": 0, "backward": 0}, {"forward": 0, "backward": 0}
@@ -251,7 +252,7 @@ def test_sweep_leaves_batch_norm_in_eval_mode_and_its_statistics_untouched(tmp_p
 def test_per_sample_outcomes_are_the_same_with_one_and_two_threads(mnist_jpeg_run, tmp_path):
     """A trained JPEG-DL model under FGSM and random-start PGD on MNIST budgets: per-sample outcomes do not depend
     on how many threads torch splits its kernels over (training's float rounding does; README, Threads)."""
-    from robustjpeg.loading import load_model
+    from robustjpeg.models.loading import load_model
 
     model, info = load_model(mnist_jpeg_run["checkpoint"])
     x, y = eval_set(40)
@@ -328,7 +329,7 @@ def test_a_corrupt_summary_file_says_the_resumed_sweep_rebuilds_it(finished_run,
 
 def test_a_shipped_suite_on_mnist_sweeps_the_mnist_budgets_with_its_headline(tmp_path):
     """The README's `sweep ... --dataset mnist5k` with the default quick suite: budgets up to 0.3, headline at 0.3."""
-    from robustjpeg.budgets import FAMILY_BUDGETS
+    from robustjpeg.attacks.budgets import FAMILY_BUDGETS
 
     x, _ = eval_set(2)
     torch.jit.trace(trained_cnn(), x).save(str(tmp_path / "tiny.pt"))

@@ -14,13 +14,13 @@ import pytest
 import torch
 
 from robustjpeg import cli
-from robustjpeg import train as train_stage
-from robustjpeg.data import load_dataset
+from robustjpeg.data.datasets import load_dataset
 from robustjpeg.errors import CheckpointError, ConfigError, RunFolderError
-from robustjpeg.jpeg import standard_tables
-from robustjpeg.train import (TrainConfig, backbone_lr, evaluate, init_tables, load_trained, make_optimisers, make_spec,
-                              train)
-from robustjpeg.models import build_model
+from robustjpeg.models.checkpoints import load_trained
+from robustjpeg.models.factory import build_model
+from robustjpeg.models.jpeg import standard_tables
+from robustjpeg.training import loop as train_stage
+from robustjpeg.training.loop import TrainConfig, backbone_lr, evaluate, init_tables, make_optimisers, make_spec, train
 
 REPO = Path(__file__).resolve().parents[1]
 

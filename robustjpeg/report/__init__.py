@@ -1,0 +1,1 @@
+"""Stage 6, reports: run folders read back, Markdown, plots, comparisons and history."""

@@ -1,0 +1,1 @@
+"""Small utilities every stage uses: files, registries, formatting, statistics, locks, processes."""

@@ -11,11 +11,15 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-# name -> module; imported on first use, so `import robustjpeg` (and the CLI's start-up) stays light
-_PUBLIC = {"evaluate": "robustjpeg.pipeline", "Evaluation": "robustjpeg.pipeline", "load_model": "robustjpeg.models.loading",
-           "load_dataset": "robustjpeg.data.datasets", "load_suite": "robustjpeg.attacks.adapters", "JpegLayer": "robustjpeg.models.jpeg",
-           "jpeg_mode": "robustjpeg.models.jpeg", "create_model": "robustjpeg.models.factory", "write_report": "robustjpeg.report.markdown",
-           "compare_runs": "robustjpeg.report.compare"}
+# name -> "module:attribute"; imported on first use, so `import robustjpeg` (and the CLI's start-up) stays light
+_PUBLIC = {
+    "evaluate": "robustjpeg.pipeline:evaluate", "Evaluation": "robustjpeg.pipeline:Evaluation",
+    "load_model": "robustjpeg.models.loading:load_model", "load_dataset": "robustjpeg.data.datasets:load_dataset",
+    "load_suite": "robustjpeg.attacks.adapters:load_suite", "JpegLayer": "robustjpeg.models.jpeg:JpegLayer",
+    "jpeg_mode": "robustjpeg.models.jpeg:jpeg_mode", "create_model": "robustjpeg.models.factory:create_model",
+    "train": "robustjpeg.training.loop:train", "TrainConfig": "robustjpeg.training.loop:TrainConfig",
+    "write_report": "robustjpeg.report.markdown:write_report", "compare": "robustjpeg.report.compare:compare_runs",
+}
 __all__ = [*_PUBLIC, "__version__"]
 
 
@@ -24,5 +28,6 @@ def __getattr__(name: str):
         raise AttributeError(f"module 'robustjpeg' has no attribute {name!r}")
     import importlib
 
-    value = globals()[name] = getattr(importlib.import_module(_PUBLIC[name]), name)
+    module, attribute = _PUBLIC[name].split(":")
+    value = globals()[name] = getattr(importlib.import_module(module), attribute)
     return value

@@ -215,6 +215,8 @@ def _add_model_source_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--std", nargs="+", action=_Numbers, default=None, help="per-channel std, e.g. 0.229,0.224,0.225 (with --mean)")
     g.add_argument("--input-size", default=None, help="input size the model expects, N or H,W; data of one other size are resized inside the model, images of several sizes resized and centre-cropped")
     _add_preprocess_args(g)
+    g.add_argument("--defended", action="store_true", default=None,
+                   help="the model is meant to be robust (adversarially trained): check 13 then expects no collapse")
     g.add_argument("--trust-checkpoint", action="store_true", help="allow a checkpoint that runs pickled Python code on load (only for files you trust)")
     g.add_argument("--threat-model", default=None, help="RobustBench threat model for robustbench:NAME (Linf, L2, corruptions; default Linf)")
     g.add_argument("--model-dir", type=Path, default=None, help="RobustBench model folder holding <dataset>/<threat>/<NAME>.pt (default ./models)")
@@ -250,7 +252,7 @@ def _load(args: argparse.Namespace, device):
                       num_classes=args.num_classes, mean=args.mean, std=args.std, input_size=args.input_size,
                       trust=args.trust_checkpoint, threat_model=args.threat_model, model_dir=args.model_dir,
                       name=args.name, resize=args.resize, crop_pct=args.crop_pct,
-                      interpolation=args.interpolation)
+                      interpolation=args.interpolation, defended=args.defended)
 
 
 def _sweep(args: argparse.Namespace, place) -> tuple[dict, Path]:
@@ -306,7 +308,7 @@ def _run_eval(args: argparse.Namespace) -> int:
 
     if args.out is None:
         raise ConfigError("eval needs -o/--out DIR for the run folder and the report")
-    results, run_dir = _sweep(args, lambda info: args.out / "runs" / slug(info["name"]))
+    results, run_dir = _sweep(args, lambda info: args.out / "runs" / slug(info.name))
     if is_main():  # under torchrun every rank sweeps its shard; rank 0 alone writes the report
         print(write_report([run_dir], args.out))
     return EXIT_OK if run_verdict(results).trusted else EXIT_CHECK_FAILED

@@ -23,6 +23,7 @@ from robustjpeg.data.datasets import Dataset, eval_subset, load_dataset
 from robustjpeg.data.preprocess import Preprocess
 from robustjpeg.errors import BadInput
 from robustjpeg.evaluation.sweep import run_sweep
+from robustjpeg.models.info import ModelInfo
 from robustjpeg.models.loading import fit_to_data, load_model
 from robustjpeg.models.probe import probe_model
 from robustjpeg.report.markdown import markdown_sections
@@ -44,7 +45,7 @@ class Prepared:
     facts: dict | None
 
 
-def prepare(model: nn.Module, info: dict, data: Dataset | tuple[Tensor, Tensor], suite: Suite, *, n: int | None,
+def prepare(model: nn.Module, info: ModelInfo, data: Dataset | tuple[Tensor, Tensor], suite: Suite, *, n: int | None,
             seed: int, device: torch.device, workers: int | None = None) -> Prepared:
     """The evaluation subset (class-stratified, the same for every model with this seed) and a model checked to fit
     it (input size, class count) and probed (NaN, probabilities, chance); `suite` is already fitted to the data."""
@@ -52,8 +53,8 @@ def prepare(model: nn.Module, info: dict, data: Dataset | tuple[Tensor, Tensor],
         x, y, indices = _tensors(*data, n)
         name, classes, facts = "tensors", int(y.max()) + 1, None
     else:
-        subset = eval_subset(data, n, seed, Preprocess.from_dict(info.get("preprocess")),
-                             Preprocess.from_dict(info.get("preprocess_defaults")), workers)
+        subset = eval_subset(data, n, seed, Preprocess.from_dict(info.preprocess),
+                             Preprocess.from_dict(info.preprocess_defaults), workers)
         x, y, indices, name, classes, facts = (subset.x, subset.y, subset.indices, data.name, len(data.classes),
                                                subset.facts)
     model = fit_to_data(model, info, x[:2].to(device), classes, name)
@@ -90,10 +91,9 @@ def evaluate(model: nn.Module | str | Path, data: DataArg, suite: str | Path | S
     directory). defended: the model is meant to be robust (check 13 then expects no collapse).
     """
     if isinstance(model, (str, Path)):
-        model, info = load_model(model, device=device or "cpu", name=name)
+        model, info = load_model(model, device=device or "cpu", name=name, defended=defended or None)
     else:
-        info = {"name": name or type(model).__name__, "sha256": _weights_sha256(model), "format": "in-memory"}
-    info["defended"] = bool(defended or info.get("defended"))
+        info = ModelInfo(name or type(model).__name__, _weights_sha256(model), defended=defended)
     device = torch.device(device) if device is not None else _device_of(model)
     data = load_dataset(data) if isinstance(data, str) else data
     prepared = prepare(model, info, data, fitted_suite(suite, data, eps, standard_eps), n=n, seed=seed, device=device)

@@ -12,6 +12,7 @@ from torch import nn
 
 from robustjpeg.attacks.adapters import SHIPPED_SUITES, load_suite
 from robustjpeg.evaluation.sweep import run_sweep
+from robustjpeg.models.info import ModelInfo
 
 from conftest import shared_file
 from sweep_models import eval_set, pgd_trained_cnn, suite_toml, trained_cnn, write_suite
@@ -23,7 +24,7 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def _sweep(model, x, y, suite, tmp_path, **info) -> dict:
-    return run_sweep(model, x, y, suite, tmp_path / suite.name, progress=False, model_info={"name": "m", **info})
+    return run_sweep(model, x, y, suite, tmp_path / suite.name, progress=False, model_info=ModelInfo("m", **info))
 
 
 def _status(results: dict) -> dict[int, dict]:

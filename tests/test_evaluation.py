@@ -49,3 +49,15 @@ def test_a_model_with_the_wrong_class_count_gets_a_one_line_error_not_a_tracebac
     with pytest.raises(RobustJpegError) as err:
         robustjpeg.evaluate(seven, "mnist5k", "quick", n=20, out=tmp_path / "run")
     assert "\n" not in str(err.value) and "7" in str(err.value) and "10" in str(err.value), str(err.value)
+
+
+def test_every_public_name_resolves_to_what_its_stage_defines():
+    from robustjpeg.models.jpeg import JpegLayer
+    from robustjpeg.report.compare import compare_runs
+    from robustjpeg.training.loop import train
+
+    for name in robustjpeg.__all__:
+        assert getattr(robustjpeg, name) is not None, name
+    assert robustjpeg.compare is compare_runs and robustjpeg.train is train and robustjpeg.JpegLayer is JpegLayer
+    with pytest.raises(AttributeError, match="no attribute 'sweep_everything'"):
+        robustjpeg.sweep_everything

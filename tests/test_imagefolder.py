@@ -343,5 +343,5 @@ def test_a_model_trained_on_mixed_sizes_stores_its_test_resize_and_eval_reuses_i
     expected = {"input_size": [32, 32], "resize": 36, "crop_pct": 0.875, "interpolation": "bilinear"}
     assert summary["model_spec"]["preprocess"] == expected and summary["train_config"]["recipe"] is None
     _, info = load_model(summary["checkpoint"])
-    subset = data.eval_subset(data.load_dataset(f"imagefolder:{root}"), None, 0, Preprocess.from_dict(info["preprocess"]))
+    subset = data.eval_subset(data.load_dataset(f"imagefolder:{root}"), None, 0, Preprocess.from_dict(info.preprocess))
     assert subset.facts["resized_in_data"] == expected and subset.x.shape[1:] == (3, 32, 32)

@@ -18,6 +18,7 @@ from PIL import Image
 from robustjpeg.cli import main
 from robustjpeg.errors import CheckpointError, ConfigError, UnknownName
 from robustjpeg.models.factory import ModelSpec, build_model
+from robustjpeg.models.info import ModelInfo
 from robustjpeg.models.loading import check_class_count, fit_input_size, load_model, read_model_spec
 from robustjpeg.models.robustbench import import_robustbench
 
@@ -61,8 +62,8 @@ def holds_weights_of(model: torch.nn.Module, reference: torch.nn.Module) -> bool
 def test_wrapped_prefixed_state_dict_loads_with_class_count_read_from_file(wrapped_file, net, photo_batch):
     model, info = load_model(wrapped_file, arch=ARCH)
     assert not model.training
-    assert info["num_classes"] == CLASSES and info["format"] == "state_dict"
-    assert len(info["sha256"]) == 64 and info["name"] == f"third_party-{info['sha256'][:8]}"
+    assert info.num_classes == CLASSES and info.format == "state_dict"
+    assert len(info.sha256) == 64 and info.name == f"third_party-{info.sha256[:8]}"
     assert predicts_like(model, net, photo_batch)
 
 
@@ -72,7 +73,7 @@ def test_safetensors_file_loads_the_same_weights(tmp_path, net, photo_batch):
     path = tmp_path / "weights.safetensors"
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, path)
     model, info = load_model(path, arch=ARCH)
-    assert info["format"] == "safetensors"
+    assert info.format == "safetensors"
     assert predicts_like(model, net, photo_batch)
 
 
@@ -83,7 +84,7 @@ def test_torchscript_archive_loads_without_arch(tmp_path, photo_batch):
     with pytest.warns(FutureWarning):
         torch.jit.save(torch.jit.script(small), path)
     model, info = load_model(path)
-    assert info["arch"] == "torchscript"
+    assert info.arch == "torchscript"
     assert predicts_like(model, small, photo_batch)
 
 
@@ -92,7 +93,7 @@ def test_mean_std_put_normalisation_inside_the_model(wrapped_file, net, photo_ba
     normalised = (photo_batch - torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1)) / torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
     with torch.no_grad():
         assert torch.allclose(model(photo_batch), net(normalised), atol=1e-5)
-    assert info["mean"] == list(CIFAR_MEAN)
+    assert info.mean == list(CIFAR_MEAN)
 
 
 def test_our_training_checkpoint_brings_its_own_architecture(tmp_path):
@@ -102,8 +103,8 @@ def test_our_training_checkpoint_brings_its_own_architecture(tmp_path):
     torch.save({"schema": "robustjpeg.checkpoint/1", "model_spec": spec.to_dict(), "state_dict": net.state_dict(),
                 "complete": True, "epoch": 1}, path)
     model, info = load_model(path)
-    assert info["format"] == "robustjpeg" and info["spec"] == spec.to_dict()
-    assert info["input_size"] == [28, 28] and info["complete"] is True and holds_weights_of(model, net)
+    assert info.format == "robustjpeg" and info.spec == spec.to_dict()
+    assert info.input_size == [28, 28] and info.complete is True and holds_weights_of(model, net)
     with pytest.raises(ConfigError, match="drop --arch"):
         load_model(path, arch="resnet20")
 
@@ -114,7 +115,7 @@ def test_model_spec_toml_names_checkpoint_relative_to_itself(wrapped_file, net, 
     spec.write_text(f'name = "mobilenet-third-party"\ncheckpoint = "../{wrapped_file.name}"\narch = "{ARCH}"\n'
                     "num_classes = 7\ninput_size = [32, 32]\n")
     model, info = load_model(spec)
-    assert info["name"] == "mobilenet-third-party" and info["input_size"] == [32, 32]
+    assert info.name == "mobilenet-third-party" and info.input_size == [32, 32]
     assert holds_weights_of(model, net)
 
 
@@ -141,7 +142,7 @@ def test_model_spec_with_wrong_type_names_the_key(tmp_path):
 
 def test_resnet20_third_party_checkpoint_loads_and_classifies_cifar_jpegs(resnet20_checkpoint, cifar_jpeg_test_tar):
     model, info = load_model(resnet20_checkpoint, arch="resnet20", mean=CIFAR_MEAN, std=CIFAR_STD)
-    assert info["num_classes"] == 10 and info["in_channels"] == 3
+    assert info.num_classes == 10 and info.in_channels == 3
     x, y = cifar_jpegs(cifar_jpeg_test_tar, per_class=20)
     with torch.no_grad():
         accuracy = (model(x).argmax(1) == y).float().mean().item()
@@ -296,11 +297,11 @@ def test_class_count_not_matching_the_data_is_refused(wrapped_file, photo_batch)
 def test_declared_input_size_resizes_data_inside_the_model(wrapped_file, net, photo_batch):
     model, info = load_model(wrapped_file, arch=ARCH, input_size="48")
     fitted = fit_input_size(model, info, photo_batch)
-    assert info["resized_from"] == [32, 32]
+    assert info.resized_from == [32, 32]
     with torch.no_grad():
         expected = net(torch.nn.functional.interpolate(photo_batch, size=(48, 48), mode="bilinear"))
         assert torch.allclose(fitted(photo_batch), expected, atol=1e-5)
-    assert fit_input_size(model, {"input_size": [32, 32]}, photo_batch) is model
+    assert fit_input_size(model, ModelInfo("net", input_size=[32, 32]), photo_batch) is model
 
 
 def test_weights_without_arch_ask_for_arch(wrapped_file):
@@ -366,7 +367,7 @@ def test_robustbench_zoo_model_loads_offline_from_model_dir(robustbench, no_netw
     folder.mkdir(parents=True)
     torch.save({"state_dict": {f"module.{k}": v for k, v in net.state_dict().items()}}, folder / f"{ZOO_NAME}.pt")
     model, info = load_model(f"robustbench:{ZOO_NAME}", threat_model="Linf", model_dir=tmp_path / "zoo")
-    assert info["format"] == "robustbench" and info["name"] == ZOO_NAME
+    assert info.format == "robustbench" and info.name == ZOO_NAME
     assert predicts_like(model, net, photo_batch)
 
 

@@ -53,8 +53,8 @@ def test_timm_architecture_brings_its_pretrained_cfg_as_preprocessing_defaults(t
     assert timm_defaults(net) == Preprocess(cfg["input_size"][1:], None, cfg["crop_pct"], cfg["interpolation"])
     torch.save(net.state_dict(), tmp_path / "net.pt")
     _, info = load_model(tmp_path / "net.pt", arch="timm:resnet18", crop_pct=1.0)
-    assert info["preprocess_defaults"] == {"input_size": [224, 224], "crop_pct": 0.95, "interpolation": "bicubic"}
-    assert info["preprocess"] == {"crop_pct": 1.0} and info["input_size"] is None
+    assert info.preprocess_defaults == {"input_size": [224, 224], "crop_pct": 0.95, "interpolation": "bicubic"}
+    assert info.preprocess == {"crop_pct": 1.0} and info.input_size is None
 
 
 def test_spec_toml_carries_the_resize_and_flags_win(tmp_path, resnet20_checkpoint):
@@ -64,9 +64,9 @@ def test_spec_toml_carries_the_resize_and_flags_win(tmp_path, resnet20_checkpoin
     spec.write_text(f'checkpoint = "{resnet20_checkpoint}"\narch = "resnet20"\ninput_size = 32\nresize = 36\n'
                     'crop_pct = 0.875\ninterpolation = "bicubic"\n')
     _, info = load_model(spec)
-    assert info["preprocess"] == {"input_size": [32, 32], "resize": 36, "crop_pct": 0.875, "interpolation": "bicubic"}
+    assert info.preprocess == {"input_size": [32, 32], "resize": 36, "crop_pct": 0.875, "interpolation": "bicubic"}
     _, info = load_model(spec, interpolation="bilinear", resize=0)
-    assert info["preprocess"]["interpolation"] == "bilinear" and info["preprocess"]["resize"] == 0
+    assert info.preprocess["interpolation"] == "bilinear" and info.preprocess["resize"] == 0
 
 
 def test_one_size_data_stay_as_they_are_unless_a_resize_is_asked_for():

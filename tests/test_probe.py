@@ -11,6 +11,7 @@ from torch import nn
 from robustjpeg.cli import EXIT_USAGE, main
 from robustjpeg.data.datasets import stratified_indices
 from robustjpeg.errors import RobustJpegWarning
+from robustjpeg.models.info import ModelInfo
 from robustjpeg.models.loading import load_model
 from robustjpeg.models.probe import probe_model
 
@@ -56,7 +57,7 @@ def test_an_untrained_model_is_warned_about_as_near_chance(tmp_path):
     x, y = eval_set(200)
     model = torch.jit.trace(tiny_cnn().eval(), x[:2])
     with pytest.warns(RobustJpegWarning, match=r"near chance \(10\.0% for 10 classes\).*--mean/--std"):
-        probe_model(model, {"format": "torchscript"}, x, y, 10, "mnist5k", CPU)
+        probe_model(model, ModelInfo("untrained", format="torchscript"), x, y, 10, "mnist5k", CPU)
 
 
 def test_a_trained_model_passes_the_probe_silently(mnist_baseline_run):

@@ -11,6 +11,7 @@ import pytest
 from robustjpeg.cli import EXIT_OK, EXIT_USAGE, main
 from robustjpeg.errors import RunFolderError
 from robustjpeg.evaluation.verdict import MASKING_CHECKS
+from robustjpeg.models.info import ModelInfo
 from robustjpeg.report.markdown import combined_worst_case, write_report
 from robustjpeg.report.runs import load_run, load_runs
 from robustjpeg.utils.formatting import budget
@@ -138,7 +139,7 @@ def real_report(request, tmp_path_factory):
     with one_thread():
         for name, mode in runs.items():
             run_sweep(model, x, y, load_suite(base / "tiny.toml"), base / name, progress=False, indices=idx,
-                      dataset="mnist5k", model_info={"name": name, "spec": spec.to_dict()}, deploy_mode=mode)
+                      dataset="mnist5k", model_info=ModelInfo(name, spec=spec.to_dict()), deploy_mode=mode)
     path = write_report([base / name for name in runs], base / "report")
     return path, {name: json.loads((base / name / "results.json").read_text()) for name in runs}
 

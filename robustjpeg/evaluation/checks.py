@@ -13,6 +13,7 @@ from torch import Tensor
 
 from robustjpeg.attacks.adapters import NORMS, AttackSpec, Suite
 from robustjpeg.evaluation import optimality as opt
+from robustjpeg.models.info import ModelInfo
 from robustjpeg.models.jpeg import jpeg_layers
 
 PROBE = 64  # samples a probe re-attacks (checks 1, 4, 5)
@@ -45,7 +46,7 @@ def _grade(value: float, warn: float, fail: float) -> str:
 class Context:
     """What the checks read: the engine (to probe the model), the suite, per-sample cells and the results records."""
 
-    def __init__(self, engine, suite: Suite, cells: dict, where: dict, results: dict, info: dict,
+    def __init__(self, engine, suite: Suite, cells: dict, where: dict, results: dict, info: ModelInfo,
                  distances: dict[str, np.ndarray] | None = None) -> None:
         self.engine, self.suite, self.cells, self.where = engine, suite, cells, where
         self.results, self.info, self.distances = results, info, distances or {}
@@ -326,7 +327,7 @@ def noise_weaker_than_attack(ctx: Context) -> Outcome:
 @check(13)
 def undefended_to_zero(ctx: Context) -> Outcome:
     """At each norm's standard budget an undefended model keeps about nothing; the worse norm is the figure."""
-    if jpeg_layers(ctx.engine.model) or ctx.info.get("defended"):
+    if jpeg_layers(ctx.engine.model) or ctx.info.defended:
         return "SKIP", None, "the model is a defended one (JPEG layer, or marked defended)"
     kept = {norm: ctx.min_acc(ctx.keys(lambda s: not s.black_box, norm))[eps]
             for norm in NORMS if (eps := _standard_eps(ctx, norm)) is not None}
@@ -434,7 +435,7 @@ def fixed_budget_agrees_with_minimum_norm(ctx: Context) -> Outcome:
     return _grade(share, *AGREE), share, detail
 
 
-def run_checks(engine, suite: Suite, cells: dict, where: dict, results: dict, info: dict,
+def run_checks(engine, suite: Suite, cells: dict, where: dict, results: dict, info: ModelInfo,
                distances: dict[str, np.ndarray] | None = None) -> dict:
     """Every check by id ({id, name, status, value, detail}), the invariants (held or not) and each minimum-norm
     attack's optimality; probes count as passes."""

@@ -8,6 +8,7 @@ import time
 import zlib
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from robustjpeg.evaluation.results import (
     write_run,
     write_samples,
 )
+from robustjpeg.models.info import ModelInfo
 from robustjpeg.models.jpeg import jpeg_layers, jpeg_mode
 from robustjpeg.utils import distributed
 from robustjpeg.utils.io import config_hash, device_description, library_versions, read_json, resolve_device
@@ -322,7 +324,7 @@ def _all_cells(engine: Engine, suite: Suite, store: CellStore):
     return cells, where, skipped, distances
 
 
-def _summarise(engine: Engine, suite: Suite, info: dict, dataset: str, cells: dict, where: dict,
+def _summarise(engine: Engine, suite: Suite, info: ModelInfo, dataset: str, cells: dict, where: dict,
                skipped: list) -> dict:
     """results.json content (DESIGN 2b): clean, per-cell and worst-case records, checks."""
     worst = worst_case(cells, {k: (w[1], w[2]) for k, w in where.items()})
@@ -332,18 +334,19 @@ def _summarise(engine: Engine, suite: Suite, info: dict, dataset: str, cells: di
     worst_records = [{"norm": norm, "eps": eps, **robust_record(v)} for (norm, eps), v in worst.items()]
     clean = engine.clean.cpu().numpy()
     clean_rec = robust_record(clean)
-    return {"model": info.get("name", "model"), "dataset": dataset, "n": int(clean.size), "suite": suite.name,
+    return {"model": info.name, "dataset": dataset, "n": int(clean.size), "suite": suite.name,
             "standard_eps": suite.standard_eps, "standard_l2_eps": suite.standard_l2_eps, "eps": suite.eps,
             "l2_eps": suite.l2_eps, "cascade": suite.cascade,
             "clean": {"correct": clean_rec.pop("robust"), **clean_rec},
             "cells": records, "worst_case": worst_records, "skipped": skipped}
 
 
-def sweep_fingerprint(suite: Suite, x: Tensor, y: Tensor, seed: int, model_info: dict | None, deploy: str | None) -> str:
+def sweep_fingerprint(suite: Suite, x: Tensor, y: Tensor, seed: int, model_info: ModelInfo | None,
+                      deploy: str | None) -> str:
     """What makes two sweeps the same sweep: suite, data, seed, model identity; resume refuses anything else."""
     data = hashlib.sha256(x.detach().cpu().float().numpy().tobytes() + y.cpu().numpy().tobytes()).hexdigest()
     return config_hash({"suite": suite.to_dict(), "data": data, "seed": seed, "deploy": deploy,
-                        "model": (model_info or {}).get("sha256") or (model_info or {}).get("name")})
+                        "model": model_info and (model_info.sha256 or model_info.name)})
 
 
 def _prepare_folder(out: Path, fingerprint: str, resume: bool) -> None:
@@ -387,7 +390,7 @@ def _deployed(model: nn.Module, mode: str | None):
 
 
 def run_sweep(model: nn.Module, x: Tensor, y: Tensor, suite: Suite, out_dir: Path, *, seed: int = 0,
-              device="cpu", resume: bool = False, model_info: dict | None = None,
+              device="cpu", resume: bool = False, model_info: ModelInfo | None = None,
               transfer_source: nn.Module | None = None, batch_size: int = 256, progress: bool = True,
               indices: Tensor | None = None, dataset: str = "unknown", deploy_mode: str | None = None,
               data_facts: dict | None = None) -> dict:
@@ -405,11 +408,11 @@ def run_sweep(model: nn.Module, x: Tensor, y: Tensor, suite: Suite, out_dir: Pat
     out, t0 = Path(out_dir), time.perf_counter()
     fingerprint = sweep_fingerprint(suite, x, y, seed, model_info, deploy_mode)
     _prepare_everywhere(out, fingerprint, resume, launch)
-    info = dict(model_info or {"name": type(model).__name__})
-    info.setdefault("jpeg_tables", jpeg_tables(model))
+    info = replace(model_info or ModelInfo(type(model).__name__))
+    info.jpeg_tables = info.jpeg_tables or jpeg_tables(model)
     device = resolve_device(device) if isinstance(device, str) else torch.device(device)
     device = distributed.local_device(device, launch)
-    run = {"status": "running", "fingerprint": fingerprint, "suite": suite.to_dict(), "model": info, "dataset": dataset,
+    run = {"status": "running", "fingerprint": fingerprint, "suite": suite.to_dict(), "model": info.to_dict(), "dataset": dataset,
            "n": len(y), "seed": seed, "deploy_mode": deploy_mode, "data": data_facts, "versions": library_versions(),
            "device": device_description(device), "batch_size": batch_size, "processes": launch.world,
            "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
@@ -422,13 +425,13 @@ def run_sweep(model: nn.Module, x: Tensor, y: Tensor, suite: Suite, out_dir: Pat
         shard_passes = _sharded_cells(model, x, y, suite, out, deploy_mode, launch, opts)
         if launch.rank != 0:
             return distributed.broadcast_object(None, launch)
-    results = _finish(model, x, y, suite, out, run, t0, shard_passes, seed=seed, device=device, batch_size=batch_size,
+    results = _finish(model, x, y, suite, out, run, info, t0, shard_passes, seed=seed, device=device, batch_size=batch_size,
                       progress=progress, transfer_source=transfer_source, indices=indices, dataset=dataset,
                       deploy_mode=deploy_mode)
     return distributed.broadcast_object(results, launch)
 
 
-def _finish(model: nn.Module, x: Tensor, y: Tensor, suite: Suite, out: Path, run: dict, t0: float,
+def _finish(model: nn.Module, x: Tensor, y: Tensor, suite: Suite, out: Path, run: dict, info: ModelInfo, t0: float,
             shard_passes: dict | None, *, seed: int, device: torch.device, batch_size: int, progress: bool,
             transfer_source: nn.Module | None, indices: Tensor | None, dataset: str, deploy_mode: str | None) -> dict:
     """Every cell (run here, or loaded from cells/), checks, samples.npz, results.json and the final run.json."""
@@ -441,9 +444,9 @@ def _finish(model: nn.Module, x: Tensor, y: Tensor, suite: Suite, out: Path, run
         for k, v in (shard_passes or {}).items():
             engine.reused[k] += v
         cells, where, skipped, distances = _all_cells(engine, suite, CellStore(out))
-        results = _summarise(engine, suite, run["model"], dataset, cells, where, skipped)
+        results = _summarise(engine, suite, info, dataset, cells, where, skipped)
         attack_passes, t_checks = _spent(engine), time.perf_counter()
-        results.update(checks.run_checks(engine, suite, cells, where, results, run["model"], distances))
+        results.update(checks.run_checks(engine, suite, cells, where, results, info, distances))
         run.update(passes_attacks=attack_passes, wall_time_checks_s=round(time.perf_counter() - t_checks, 3))
     results["checks_failed"] = sum(c["status"] == "FAIL" for c in results["checks"])
     worst = worst_case(cells, {k: (w[1], w[2]) for k, w in where.items()})

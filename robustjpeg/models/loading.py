@@ -44,6 +44,7 @@ relative paths are relative to the TOML file, and arguments given to ``load_mode
     resize = 36                            # shorter side before the centre crop (0: crop only; default
     crop_pct = 0.875                       #   floor(max(H, W) / crop_pct)); see robustjpeg.data.preprocess
     interpolation = "bicubic"              # nearest, bilinear (default), bicubic, lanczos, box, hamming
+    defended = true                        # meant to be robust (adversarially trained): check 13 expects no collapse
     threat_model = "Linf"                  # robustbench only
     model_dir = "models"                   # robustbench only
 
@@ -57,6 +58,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -69,12 +71,13 @@ from robustjpeg.errors import CheckpointError, ConfigError, UnknownName, first_l
 from robustjpeg.models.checkpoints import SCHEMA, load_trained
 from robustjpeg.models.factory import MODELS, Normalize, create_model, strip_prefixes
 from robustjpeg.models.files import read_safetensors, sniff_file, torch_load, unwrap_state_dict
+from robustjpeg.models.info import ModelInfo
 from robustjpeg.models.robustbench import load_zoo
 from robustjpeg.utils.io import file_sha256
 
 SPEC_KEYS = {"name": str, "checkpoint": str, "arch": str, "num_classes": int, "mean": list, "std": list,
              "input_size": (int, list), "resize": int, "crop_pct": (float, int), "interpolation": str,
-             "threat_model": str, "model_dir": str}
+             "threat_model": str, "model_dir": str, "defended": bool}
 
 
 def load_model(source: str | Path, *, arch: str | None = None, num_classes: int | None = None,
@@ -82,13 +85,13 @@ def load_model(source: str | Path, *, arch: str | None = None, num_classes: int 
                trust: bool = False, threat_model: str | None = None, model_dir: str | Path | None = None,
                device: str | torch.device = "cpu", name: str | None = None, download: bool = False,
                resize: int | None = None, crop_pct: float | None = None,
-               interpolation: str | None = None) -> tuple[nn.Module, dict]:
+               interpolation: str | None = None, defended: bool | None = None) -> tuple[nn.Module, ModelInfo]:
     """Load a model from a file, a spec TOML or the RobustBench zoo; returns (model in eval mode, info)."""
     if str(source).endswith(".toml"):
         spec = read_model_spec(Path(source))
         given = dict(arch=arch, num_classes=num_classes, mean=mean, std=std, input_size=input_size,
                      threat_model=threat_model, model_dir=model_dir, name=name, resize=resize, crop_pct=crop_pct,
-                     interpolation=interpolation)
+                     interpolation=interpolation, defended=defended)
         merged = {**spec, **{k: v for k, v in given.items() if v is not None}}
         return load_model(merged.pop("checkpoint"), trust=trust, device=device, download=download, **merged)
     _check_mean_std(mean, std)
@@ -97,10 +100,10 @@ def load_model(source: str | Path, *, arch: str | None = None, num_classes: int 
         model, info = load_zoo(str(source), threat_model or "Linf", model_dir, download)
     else:
         model, info = _load_file(Path(source), arch, num_classes, mean, std, trust)
-    size = input_size if input_size is not None else info.get("input_size")
-    declared = Preprocess(size, resize, crop_pct, interpolation).over(Preprocess.from_dict(info.get("preprocess")))
-    info.update(name=name or info["name"], input_size=list(parse_input_size(size)) if size else None,
-                preprocess=declared.to_dict())
+    size = input_size if input_size is not None else info.input_size
+    declared = Preprocess(size, resize, crop_pct, interpolation).over(Preprocess.from_dict(info.preprocess))
+    info = replace(info, name=name or info.name, input_size=list(parse_input_size(size)) if size else None,
+                   preprocess=declared.to_dict(), defended=bool(defended or info.defended))
     return model.to(torch.device(device)).eval(), info
 
 
@@ -131,16 +134,16 @@ class Resize(nn.Module):
         return nn.functional.interpolate(x, size=self.size, mode="bilinear", align_corners=False)
 
 
-def fit_input_size(model: nn.Module, info: dict, x: torch.Tensor) -> nn.Module:
+def fit_input_size(model: nn.Module, info: ModelInfo, x: torch.Tensor) -> nn.Module:
     """Put a Resize in front when the model's declared input size differs from the data's (noted in info)."""
-    size = info.get("input_size")
+    size = info.input_size
     if not size or tuple(size) == tuple(x.shape[-2:]):
         return model
-    info["resized_from"] = list(x.shape[-2:])
+    info.resized_from = list(x.shape[-2:])
     return nn.Sequential(Resize(size), model).to(x.device).eval()
 
 
-def fit_to_data(model: nn.Module, info: dict, x: torch.Tensor, num_classes: int, data_name: str) -> nn.Module:
+def fit_to_data(model: nn.Module, info: ModelInfo, x: torch.Tensor, num_classes: int, data_name: str) -> nn.Module:
     """Resize inputs to the model's declared size, then refuse a model whose outputs are not one score per class."""
     model = fit_input_size(model, info, x[:1])
     check_class_count(model, x[:2], num_classes, data_name)
@@ -185,30 +188,29 @@ def _resolve_spec_paths(spec: dict, base: Path) -> dict:
 
 # --- files ---------------------------------------------------------------------------------------
 
-def _load_file(path: Path, arch, num_classes, mean, std, trust) -> tuple[nn.Module, dict]:
+def _load_file(path: Path, arch, num_classes, mean, std, trust) -> tuple[nn.Module, ModelInfo]:
     kind = sniff_file(path)
     sha = file_sha256(path)
-    info = {"name": file_label(path.stem, sha), "source": str(path), "sha256": sha, "format": kind,
-            "arch": arch, "spec": None, "mean": list(mean) if mean else None, "std": list(std) if std else None}
+    info = ModelInfo(file_label(path.stem, sha), sha, str(path), kind, arch, mean=list(mean) if mean else None,
+                     std=list(std) if std else None)
     if kind == "torchscript":
         _refuse_normalisation(mean, std, "TorchScript models")
         if arch:
             raise ConfigError(f"{path} is a TorchScript archive that holds its own architecture; drop --arch {arch}")
         with warnings.catch_warnings():  # torch deprecates TorchScript, but people still ship it
             warnings.simplefilter("ignore", FutureWarning)
-            return torch.jit.load(str(path), map_location="cpu"), {**info, "arch": "torchscript"}
+            return torch.jit.load(str(path), map_location="cpu"), replace(info, arch="torchscript")
     obj = read_safetensors(path) if kind == "safetensors" else torch_load(path, trust)
     if isinstance(obj, dict) and obj.get("schema") == SCHEMA:
         return _load_ours(path, obj, arch, mean, std, info)
     if isinstance(obj, nn.Module):
-        info.update(format="pickled-module", arch=arch or type(obj).__name__)
-        return _normalised(obj, mean, std), info
+        return _normalised(obj, mean, std), replace(info, format="pickled-module", arch=arch or type(obj).__name__)
     state = unwrap_state_dict(obj, path)
     model, num_classes, in_channels = _fit_architecture(arch, num_classes, state, path)
     load_matching_state(model, state, f"{path} (--arch {arch})")
     defaults = timm_defaults(model)
-    info.update(format=kind if kind == "safetensors" else "state_dict", num_classes=num_classes, in_channels=in_channels,
-                preprocess_defaults=defaults.to_dict() if defaults else None)
+    info = replace(info, format=kind if kind == "safetensors" else "state_dict", num_classes=num_classes,
+                   in_channels=in_channels, preprocess_defaults=defaults.to_dict() if defaults else None)
     return _normalised(model, mean, std), info
 
 
@@ -218,16 +220,16 @@ def file_label(stem: str, sha256: str) -> str:
     return stem if stem.endswith(sha256[:8]) else f"{stem}-{sha256[:8]}"
 
 
-def _load_ours(path: Path, ckpt: dict, arch, mean, std, info: dict) -> tuple[nn.Module, dict]:
+def _load_ours(path: Path, ckpt: dict, arch, mean, std, info: ModelInfo) -> tuple[nn.Module, ModelInfo]:
     model, spec, _ = load_trained(path, device="cpu")
     if arch and arch != spec.arch:
         raise ConfigError(f"{path} is a robustjpeg checkpoint of a {spec.arch}; drop --arch {arch}")
     _refuse_normalisation(mean, std, "robustjpeg checkpoints (normalisation is stored inside)")
     stem = path.resolve().parent.name if path.stem == "checkpoint" else path.stem  # train -o DIR writes DIR/checkpoint.pt
-    info.update(name=file_label(stem, info["sha256"]), format="robustjpeg", arch=spec.arch, spec=spec.to_dict(),
-                num_classes=spec.num_classes, mean=list(spec.mean), std=list(spec.std), input_size=spec.input_size,
-                complete=ckpt.get("complete"), epoch=ckpt.get("epoch"), preprocess=spec.preprocess)
-    return model, info
+    return model, replace(info, name=file_label(stem, info.sha256), format="robustjpeg", arch=spec.arch,
+                          spec=spec.to_dict(), num_classes=spec.num_classes, mean=list(spec.mean), std=list(spec.std),
+                          input_size=spec.input_size, complete=ckpt.get("complete"), epoch=ckpt.get("epoch"),
+                          preprocess=spec.preprocess)
 
 
 # --- architectures and key matching -------------------------------------------------------------------

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from robustjpeg.errors import CheckpointError, RobustJpegWarning
+from robustjpeg.models.info import ModelInfo
 from robustjpeg.utils.stats import mcnemar_exact
 
 PROBE_IMAGES, PROBE_BATCH = 256, 128
@@ -25,7 +26,7 @@ COMMON_NORMALISATIONS = {
 NORMALISABLE = ("state_dict", "safetensors", "pickled-module")  # formats that take --mean/--std
 
 
-def probe_model(model: nn.Module, info: dict, x: Tensor, y: Tensor, num_classes: int, data_name: str,
+def probe_model(model: nn.Module, info: ModelInfo, x: Tensor, y: Tensor, num_classes: int, data_name: str,
                 device: torch.device, name: str | None = None) -> None:
     """Refuse NaN/inf or probability outputs on clean images; warn when clean accuracy says the model misses the data.
 
@@ -40,7 +41,7 @@ def probe_model(model: nn.Module, info: dict, x: Tensor, y: Tensor, num_classes:
         raise CheckpointError(prefix + str(exc)) from exc
     correct = logits.argmax(1) == y
     hint = None
-    if info.get("format") in NORMALISABLE and info.get("mean") is None:
+    if info.format in NORMALISABLE and info.mean is None:
         hint = _normalisation_hint(model, x, y, correct, device, data_name)
     hint = hint or _chance_hint(correct, num_classes, data_name)
     if hint:

@@ -18,6 +18,7 @@ from torch import nn
 
 from robustjpeg.errors import CheckpointError, ConfigError, UnknownName, first_line
 from robustjpeg.models.files import sniff_file
+from robustjpeg.models.info import ModelInfo
 from robustjpeg.utils.io import file_sha256
 
 ZOO_DATASETS = ("cifar10", "cifar100", "imagenet")
@@ -92,9 +93,8 @@ def load_zoo(source: str, threat_model: str, model_dir, download: bool) -> tuple
     model = _zoo_load(rb, zoo_name, root, dataset, threat_model, source)
     single = files[0] if len(files) == 1 and files[0].is_file() else None
     label = zoo_name if (dataset, threat_model) == ("cifar10", "Linf") else f"{zoo_name}-{dataset}-{threat_model}"
-    info = {"name": label, "source": source, "sha256": file_sha256(single) if single else None,
-            "format": "robustbench", "arch": f"robustbench:{dataset}/{threat_model}/{zoo_name}", "spec": None,
-            "mean": None, "std": None}
+    info = ModelInfo(label, file_sha256(single) if single else None, source, "robustbench",
+                     f"robustbench:{dataset}/{threat_model}/{zoo_name}")
     return model, info
 
 

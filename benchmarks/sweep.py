@@ -22,7 +22,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from robustjpeg.attacks.adapters import load_suite  # noqa: E402
 from robustjpeg.evaluation.results import cell_metas, read_run  # noqa: E402
-from robustjpeg.evaluation.sweep import reference_sweep, run_sweep  # noqa: E402
+from robustjpeg.evaluation.sweep import SweepConfig, reference_sweep, run_sweep  # noqa: E402
 
 from sweep_models import eval_set, suite_toml, trained_cnn, write_suite  # noqa: E402  (the tiny MNIST CNN the tests use)
 
@@ -46,7 +46,7 @@ def main() -> None:
         suite = load_suite(write_suite(Path(tmp), SUITE))
         for rep in range(args.reps):
             t0 = time.perf_counter()
-            run_sweep(model, x, y, suite, Path(tmp) / f"run{rep}", batch_size=args.batch_size, progress=False)
+            run_sweep(model, x, y, suite, Path(tmp) / f"run{rep}", SweepConfig(batch_size=args.batch_size, progress=False))
             walls["engine"].append(time.perf_counter() - t0)
             run = read_run(Path(tmp) / f"run{rep}")
             walls["attacks"].append(walls["engine"][-1] - run.run["wall_time_checks_s"])

@@ -401,37 +401,30 @@ def _sweep_order(bench: Benchmark, suites_override: list[str] | None) -> list[tu
 
 def _sweep_all(bench: Benchmark, models: dict, infos: dict, out: Path, device, suites_override, eps, progress,
                log: Log) -> list[Path]:
-    from robustjpeg.attacks.adapters import load_suite
-    from robustjpeg.attacks.budgets import fit_suite
-    from robustjpeg.data.datasets import eval_tensors, load_dataset
-    from robustjpeg.evaluation.sweep import run_sweep, sweep_fingerprint
-    from robustjpeg.models.loading import fit_to_data
-    from robustjpeg.models.probe import PROBE_IMAGES, probe_model
+    from robustjpeg.data.datasets import load_dataset
+    from robustjpeg.evaluation.sweep import sweep_fingerprint
+    from robustjpeg.pipeline import fitted_suite, headline, prepare
 
     ds = load_dataset(bench.dataset, bench.data_root, bench.download)
-    px, py, _ = eval_tensors(ds, min(PROBE_IMAGES, len(ds.test)), bench.seed)
-    models = {name: fit_to_data(m, infos[name], px[:2].to(device), len(ds.classes), ds.name) for name, m in models.items()}
-    for name, model in models.items():
-        probe_model(model, infos[name], px, py, len(ds.classes), ds.name, device, name=name)
-    subsets: dict[int | None, tuple] = {}
+    order = _sweep_order(bench, suites_override)
+    ready = {}  # (model, n) -> its checked subset; every model is fitted and probed before the first attack
+    for entry, suite_name in order:  # one seed: nested subsets while class quotas grow with n (balanced test sets)
+        at = (entry.name, bench.examples(suite_name))
+        if at not in ready:
+            ready[at] = prepare(models[entry.name], infos[entry.name], ds, n=at[1], seed=bench.seed, device=device)
     run_dirs = []
-    for entry, suite_name in _sweep_order(bench, suites_override):
+    for entry, suite_name in order:
         n = bench.examples(suite_name)
-        if n not in subsets:  # one seed: nested subsets while class quotas grow with n (balanced test sets)
-            subsets[n] = eval_tensors(ds, n, bench.seed)
-        x, y, idx = subsets[n]
-        suite = fit_suite(load_suite(suite_name), suite_name, ds.family, eps or bench.eps, bench.standard_eps,
-                          bench.l2_eps, bench.standard_l2_eps)
-        key = sweep_fingerprint(suite, x, y, bench.seed, infos[entry.name], None)
+        prepared = ready[entry.name, n]
+        suite = fitted_suite(suite_name, ds, eps or bench.eps, bench.standard_eps, bench.l2_eps, bench.standard_l2_eps)
+        key = sweep_fingerprint(suite, prepared.x, prepared.y, bench.seed, infos[entry.name], None)
         run_dir = out / "runs" / entry.name / key[:8] / suite.name
-        log(f"{entry.name}: sweeping suite {suite.name!r} on {len(y)} images -> {run_dir}")
-        source = models[entry.transfer_from] if entry.transfer_from else None
-        results = run_sweep(models[entry.name], x, y, suite, run_dir, seed=bench.seed, device=device,
-                            resume=True, model_info=infos[entry.name], transfer_source=source,
-                            batch_size=bench.batch_size, progress=progress, indices=idx, dataset=ds.name)
-        at = [w for w in results["worst_case"] if w["norm"] == "Linf" and w["eps"] == suite.standard_eps]
-        headline = f", worst case at Linf {suite.standard_eps:.4g}: {at[0]['accuracy']:.3f}" if at else ""
-        log(f"{entry.name}: clean {results['clean']['accuracy']:.3f}{headline}, "
+        log(f"{entry.name}: sweeping suite {suite.name!r} on {len(prepared.y)} images -> {run_dir}")
+        source = ready.get((entry.transfer_from, n))  # the source fitted to the data where it was swept too
+        source = source.model if source else models.get(entry.transfer_from)
+        results = prepared.sweep(suite, run_dir, infos[entry.name], source, seed=bench.seed, device=device,
+                                 resume=True, batch_size=bench.batch_size, progress=progress)
+        log(f"{entry.name}: clean {results['clean']['accuracy']:.3f}{headline(results, suite)}, "
             f"{results['checks_failed']} check(s) failed")
         run_dirs.append(run_dir)
     return run_dirs

@@ -259,9 +259,8 @@ def _sweep(args: argparse.Namespace, place) -> tuple[dict, Path]:
     """Load the model and the evaluation subset, check they fit, and sweep the suite into place(model info);
     returns the results and that run folder."""
     from robustjpeg.data.datasets import load_dataset
-    from robustjpeg.evaluation.sweep import run_sweep
     from robustjpeg.models.loading import load_model
-    from robustjpeg.pipeline import fitted_suite, prepare
+    from robustjpeg.pipeline import fitted_suite, headline, prepare
     from robustjpeg.utils.distributed import is_main, launch
     from robustjpeg.utils.io import resolve_device
 
@@ -271,17 +270,14 @@ def _sweep(args: argparse.Namespace, place) -> tuple[dict, Path]:
     device = resolve_device(args.device)
     model, info = _load(args, device)
     source = load_model(args.transfer_from, device=device)[0] if args.transfer_from else None
-    ready = prepare(model, info, data, suite, n=args.num_examples, seed=args.seed, device=device,
-                    workers=args.workers)
-    suite, run_dir = ready.suite, place(info)
-    results = run_sweep(ready.model, ready.x, ready.y, suite, run_dir, seed=args.seed, device=device,
-                        resume=args.resume, model_info=info, transfer_source=source, batch_size=args.batch_size,
-                        indices=ready.indices, dataset=args.dataset, deploy_mode=args.jpeg_mode, data_facts=ready.facts)
-    worst = [w for w in results["worst_case"] if w["norm"] == "Linf" and w["eps"] == suite.standard_eps]
-    headline = f", worst case at eps {suite.standard_eps:.4g}: {worst[0]['accuracy']:.4f}" if worst else ""
+    ready = prepare(model, info, data, n=args.num_examples, seed=args.seed, device=device, workers=args.workers)
+    run_dir = place(info)
+    results = ready.sweep(suite, run_dir, info, source, seed=args.seed, device=device, resume=args.resume,
+                          batch_size=args.batch_size, dataset=args.dataset, jpeg_mode=args.jpeg_mode)
     if is_main():
         verdict = run_verdict(results)
-        print(f"{run_dir}: clean {results['clean']['accuracy']:.4f}{headline}; checks failed: {results['checks_failed']}; "
+        print(f"{run_dir}: clean {results['clean']['accuracy']:.4f}{headline(results, suite)}; "
+              f"checks failed: {results['checks_failed']}; "
               f"verdict: {verdict.status}" + ("" if verdict.trusted else f" ({verdict.reason})"))
     return results, run_dir
 

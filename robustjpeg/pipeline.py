@@ -22,7 +22,7 @@ from robustjpeg.attacks.budgets import fit_suite
 from robustjpeg.data.datasets import Dataset, eval_subset, load_dataset
 from robustjpeg.data.preprocess import Preprocess
 from robustjpeg.errors import BadInput
-from robustjpeg.evaluation.sweep import run_sweep
+from robustjpeg.evaluation.sweep import SweepConfig, run_sweep
 from robustjpeg.models.info import ModelInfo
 from robustjpeg.models.loading import fit_to_data, load_model
 from robustjpeg.models.probe import probe_model
@@ -34,21 +34,27 @@ DataArg = str | Dataset | tuple[Tensor, Tensor]
 
 @dataclass
 class Prepared:
-    """What a sweep needs, checked: the fitted model, the suite over its budgets, the evaluation subset."""
+    """What a sweep needs, checked: the model fitted to the data, and the evaluation subset."""
 
     model: nn.Module
-    suite: Suite
     x: Tensor
     y: Tensor
     indices: Tensor
     dataset: str
     facts: dict | None
 
+    def sweep(self, suite: Suite, out: Path, info: ModelInfo, transfer_source: nn.Module | None = None,
+              **settings) -> dict:
+        """Run `suite` on this subset into `out`; settings are SweepConfig's (the subset's own facts filled in)."""
+        config = SweepConfig(**{"indices": self.indices, "dataset": self.dataset, "data_facts": self.facts, **settings})
+        return run_sweep(self.model, self.x, self.y, suite, out, config, model_info=info,
+                         transfer_source=transfer_source)
 
-def prepare(model: nn.Module, info: ModelInfo, data: Dataset | tuple[Tensor, Tensor], suite: Suite, *, n: int | None,
+
+def prepare(model: nn.Module, info: ModelInfo, data: Dataset | tuple[Tensor, Tensor], *, n: int | None,
             seed: int, device: torch.device, workers: int | None = None) -> Prepared:
     """The evaluation subset (class-stratified, the same for every model with this seed) and a model checked to fit
-    it (input size, class count) and probed (NaN, probabilities, chance); `suite` is already fitted to the data."""
+    it (input size, class count) and probed (NaN, probabilities, chance), before any attack runs."""
     if isinstance(data, tuple):
         x, y, indices = _tensors(*data, n)
         name, classes, facts = "tensors", int(y.max()) + 1, None
@@ -59,16 +65,23 @@ def prepare(model: nn.Module, info: ModelInfo, data: Dataset | tuple[Tensor, Ten
                                                subset.facts)
     model = fit_to_data(model, info, x[:2].to(device), classes, name)
     probe_model(model, info, x, y, classes, name, device)
-    return Prepared(model, suite, x, y, indices, name, facts)
+    return Prepared(model, x, y, indices, name, facts)
 
 
 def fitted_suite(suite: str | Path | Suite, data: Dataset | tuple, eps: list[float] | None = None,
-                 standard_eps: float | None = None) -> Suite:
+                 standard_eps: float | None = None, l2_eps: list[float] | None = None,
+                 standard_l2_eps: float | None = None) -> Suite:
     """The suite over the budgets of this data (a shipped suite on MNIST-family data: the MNIST grids) and flags."""
     family = None if isinstance(data, tuple) else data.family
     if isinstance(suite, Suite):
-        return fit_suite(suite, None, family, eps, standard_eps)
-    return fit_suite(load_suite(suite), suite, family, eps, standard_eps)
+        return fit_suite(suite, None, family, eps, standard_eps, l2_eps, standard_l2_eps)
+    return fit_suite(load_suite(suite), suite, family, eps, standard_eps, l2_eps, standard_l2_eps)
+
+
+def headline(results: dict, suite: Suite) -> str:
+    """", worst case at Linf EPS: ACC" at the suite's standard Linf budget, or "" when its grid lacks that budget."""
+    at = [w for w in results["worst_case"] if w["norm"] == "Linf" and w["eps"] == suite.standard_eps]
+    return f", worst case at Linf {suite.standard_eps:.4g}: {at[0]['accuracy']:.4f}" if at else ""
 
 
 def _tensors(x: Tensor, y: Tensor, n: int | None) -> tuple[Tensor, Tensor, Tensor]:
@@ -96,12 +109,12 @@ def evaluate(model: nn.Module | str | Path, data: DataArg, suite: str | Path | S
         info = ModelInfo(name or type(model).__name__, _weights_sha256(model), defended=defended)
     device = torch.device(device) if device is not None else _device_of(model)
     data = load_dataset(data) if isinstance(data, str) else data
-    prepared = prepare(model, info, data, fitted_suite(suite, data, eps, standard_eps), n=n, seed=seed, device=device)
+    suite = fitted_suite(suite, data, eps, standard_eps)
+    prepared = prepare(model, info, data, n=n, seed=seed, device=device)
     source = load_model(transfer_from, device=device)[0] if isinstance(transfer_from, (str, Path)) else transfer_from
     folder = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="robustjpeg-"))
-    run_sweep(prepared.model, prepared.x, prepared.y, prepared.suite, folder, seed=seed, device=device, resume=resume,
-              model_info=info, transfer_source=source, batch_size=batch_size, progress=progress,
-              indices=prepared.indices, dataset=prepared.dataset, deploy_mode=jpeg_mode, data_facts=prepared.facts)
+    prepared.sweep(suite, folder, info, source, seed=seed, device=device, resume=resume, batch_size=batch_size,
+                   progress=progress, jpeg_mode=jpeg_mode)
     return Evaluation(load_run(folder))
 
 

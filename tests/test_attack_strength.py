@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from robustjpeg.attacks.adapters import SHIPPED_SUITES, load_suite
-from robustjpeg.evaluation.sweep import run_sweep
+from robustjpeg.evaluation.sweep import SweepConfig, run_sweep
 from robustjpeg.models.info import ModelInfo
 
 from conftest import shared_file
@@ -24,7 +24,7 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def _sweep(model, x, y, suite, tmp_path, **info) -> dict:
-    return run_sweep(model, x, y, suite, tmp_path / suite.name, progress=False, model_info=ModelInfo("m", **info))
+    return run_sweep(model, x, y, suite, tmp_path / suite.name, SweepConfig(progress=False), model_info=ModelInfo("m", **info))
 
 
 def _status(results: dict) -> dict[int, dict]:

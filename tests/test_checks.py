@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from robustjpeg.attacks.adapters import load_suite
-from robustjpeg.evaluation.sweep import run_sweep
+from robustjpeg.evaluation.sweep import SweepConfig, run_sweep
 
 from sweep_models import eval_set, suite_toml, trained_cnn, write_suite
 
@@ -23,7 +23,7 @@ PGD_SQUARE = suite_toml(["0", "0.1", "0.3"], FGSM, PGD, {"name": "square", "kind
 def sweep_checks(tmp_path, model, text: str, n: int = 40, **kw) -> dict[int, dict]:
     """Checks and invariants of one sweep by id (an invariant's record has 'held' instead of 'status')."""
     suite = load_suite(write_suite(tmp_path, text))
-    results = run_sweep(model, *eval_set(n), suite, tmp_path / "run", progress=False, **kw)
+    results = run_sweep(model, *eval_set(n), suite, tmp_path / "run", SweepConfig(progress=False), **kw)
     return {c["id"]: c for c in results["checks"] + results["invariants"]}
 
 
@@ -94,8 +94,7 @@ def test_hard_jpeg_masks_plain_pgd_and_bpda_check_flags_it(tmp_path):
 
     layer = JpegLayer(channels=1, quality=50, mode="soft")
     suite = load_suite(write_suite(tmp_path, suite_toml(["0", "0.1", "0.2"], PGD, {**PGD, "name": "pgd-bpda", "view": "ste"})))
-    results = run_sweep(nn.Sequential(layer, trained_cnn()), *eval_set(40), suite, tmp_path / "run", progress=False,
-                        deploy_mode="hard")
+    results = run_sweep(nn.Sequential(layer, trained_cnn()), *eval_set(40), suite, tmp_path / "run", SweepConfig(progress=False, jpeg_mode="hard"))
     acc = {(c["attack"], c["eps"]): c["accuracy"] for c in results["cells"]}
     assert acc["pgd", 0.2] >= results["clean"]["accuracy"] - 0.1 and acc["pgd-bpda", 0.2] <= 0.1, acc
     checks = {c["id"]: c for c in results["checks"]}

@@ -126,7 +126,7 @@ def real_report(request, tmp_path_factory):
     pytest.importorskip("robustjpeg.evaluation.sweep", reason="the sweep engine writes the real run folders")
     trained = request.getfixturevalue("mnist_jpeg_run")
     from robustjpeg.data.datasets import eval_tensors, load_dataset
-    from robustjpeg.evaluation.sweep import load_suite, run_sweep
+    from robustjpeg.evaluation.sweep import SweepConfig, load_suite, run_sweep
     from robustjpeg.models.checkpoints import load_trained
 
     from conftest import one_thread
@@ -138,8 +138,7 @@ def real_report(request, tmp_path_factory):
     runs = {"jpeg-soft": None, "jpeg-hard": "hard"}
     with one_thread():
         for name, mode in runs.items():
-            run_sweep(model, x, y, load_suite(base / "tiny.toml"), base / name, progress=False, indices=idx,
-                      dataset="mnist5k", model_info=ModelInfo(name, spec=spec.to_dict()), deploy_mode=mode)
+            run_sweep(model, x, y, load_suite(base / "tiny.toml"), base / name, SweepConfig(progress=False, indices=idx, dataset="mnist5k", jpeg_mode=mode), model_info=ModelInfo(name, spec=spec.to_dict()))
     path = write_report([base / name for name in runs], base / "report")
     return path, {name: json.loads((base / name / "results.json").read_text()) for name in runs}
 

@@ -15,7 +15,7 @@ from robustjpeg.cli import EXIT_CHECK_FAILED, EXIT_OK, EXIT_USAGE, main
 from robustjpeg.data.datasets import eval_tensors, load_dataset
 from robustjpeg.errors import BadInput, RobustJpegWarning, RunFolderError
 from robustjpeg.evaluation.results import cell_metas, read_run
-from robustjpeg.evaluation.sweep import reference_sweep, run_sweep
+from robustjpeg.evaluation.sweep import SweepConfig, reference_sweep, run_sweep
 from robustjpeg.report.runs import load_run
 from robustjpeg.utils.io import file_sha256
 
@@ -39,7 +39,7 @@ def deterministic_runs(tmp_path_factory):
     with one_thread():
         model, (x, y) = trained_cnn(), eval_set(80)
         with torch.no_grad():  # the engine turns gradients back on where attacks need them
-            results = run_sweep(model, x, y, suite, folder / "run", batch_size=32, progress=False)
+            results = run_sweep(model, x, y, suite, folder / "run", SweepConfig(batch_size=32, progress=False))
         naive, naive_passes = reference_sweep(model, x, y, suite, batch_size=32)
     return read_run(folder / "run"), results, naive, naive_passes
 
@@ -69,7 +69,7 @@ def test_cascade_gives_the_full_worst_case_sample_by_sample_for_fewer_passes(det
     suite = load_suite(write_suite(tmp_path, DETERMINISTIC.replace('eps = [', 'cascade = true\neps = [', 1)))
     assert suite.cascade
     model, (x, y) = trained_cnn(), eval_set(80)
-    results = run_sweep(model, x, y, suite, tmp_path / "run", batch_size=32, progress=False)
+    results = run_sweep(model, x, y, suite, tmp_path / "run", SweepConfig(batch_size=32, progress=False))
     cascade = read_run(tmp_path / "run")
     assert results["cascade"] is True and full.results["cascade"] is False
     assert list(cascade.samples["worst_keys"]) == list(full.samples["worst_keys"])
@@ -148,14 +148,14 @@ def test_kill_and_resume_give_identical_results(tmp_path, kill_pgd_after, cascad
     pgd = {"name": "pgd", "kind": "pgd", "steps": 4, "restarts": 2}
     suite = load_suite(write_suite(tmp_path, suite_toml(["0", "4/255", "16/255", "48/255"], FGSM, pgd, cascade=cascade)))
     model, (x, y) = trained_cnn(), eval_set(40)
-    whole = run_sweep(model, x, y, suite, tmp_path / "whole", seed=3, progress=False)
+    whole = run_sweep(model, x, y, suite, tmp_path / "whole", SweepConfig(seed=3, progress=False))
     kill_pgd_after(3)
     with pytest.raises(Killed):
-        run_sweep(model, x, y, suite, tmp_path / "cut", seed=3, progress=False)
+        run_sweep(model, x, y, suite, tmp_path / "cut", SweepConfig(seed=3, progress=False))
     finished = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cut" / "cells").glob("*.npz")}
     assert finished and json.loads((tmp_path / "cut" / "run.json").read_text())["status"] == "running"
     kill_pgd_after(None)
-    resumed = run_sweep(model, x, y, suite, tmp_path / "cut", seed=3, resume=True, progress=False)
+    resumed = run_sweep(model, x, y, suite, tmp_path / "cut", SweepConfig(seed=3, resume=True, progress=False))
     assert {p: (tmp_path / "cut" / "cells" / p).stat().st_mtime_ns for p in finished} == finished, "finished cells redone"
     assert [c["robust"] for c in resumed["cells"]] == [c["robust"] for c in whole["cells"]]
     assert np.array_equal(read_run(tmp_path / "cut").samples["robust"], read_run(tmp_path / "whole").samples["robust"])
@@ -164,17 +164,17 @@ def test_kill_and_resume_give_identical_results(tmp_path, kill_pgd_after, cascad
 def test_existing_run_folder_needs_resume_and_the_same_sweep(tmp_path):
     suite = load_suite(write_suite(tmp_path, suite_toml(["0", "8/255"], FGSM)))
     model, (x, y) = trained_cnn(), eval_set(20)
-    run_sweep(model, x, y, suite, tmp_path / "run", progress=False)
+    run_sweep(model, x, y, suite, tmp_path / "run", SweepConfig(progress=False))
     with pytest.raises(RunFolderError, match="--resume"):
-        run_sweep(model, x, y, suite, tmp_path / "run", progress=False)
+        run_sweep(model, x, y, suite, tmp_path / "run", SweepConfig(progress=False))
     with pytest.raises(RunFolderError, match="different sweep"):
-        run_sweep(model, x, y, suite, tmp_path / "run", seed=1, resume=True, progress=False)
+        run_sweep(model, x, y, suite, tmp_path / "run", SweepConfig(seed=1, resume=True, progress=False))
 
 
 def test_normalised_inputs_are_refused_with_hint(tmp_path):
     model, (x, y) = trained_cnn(), eval_set(10)
     with pytest.raises(BadInput, match="inside the model"):
-        run_sweep(model, (x - 0.5) / 0.25, y, load_suite("quick"), tmp_path / "run", progress=False)
+        run_sweep(model, (x - 0.5) / 0.25, y, load_suite("quick"), tmp_path / "run", SweepConfig(progress=False))
 
 
 class RunsOutOfMemoryAbove(torch.nn.Module):
@@ -193,8 +193,8 @@ class RunsOutOfMemoryAbove(torch.nn.Module):
 def test_batch_halves_on_out_of_memory_and_results_do_not_change(tmp_path):
     suite = load_suite(write_suite(tmp_path, suite_toml(["0", "8/255", "32/255"], {"name": "pgd", "kind": "pgd", "steps": 3, "random_start": False})))
     model, (x, y) = trained_cnn(), eval_set(40)
-    small = run_sweep(model, x, y, suite, tmp_path / "small", batch_size=8, progress=False)
-    halved = run_sweep(RunsOutOfMemoryAbove(model, 10), x, y, suite, tmp_path / "halved", batch_size=64, progress=False)
+    small = run_sweep(model, x, y, suite, tmp_path / "small", SweepConfig(batch_size=8, progress=False))
+    halved = run_sweep(RunsOutOfMemoryAbove(model, 10), x, y, suite, tmp_path / "halved", SweepConfig(batch_size=64, progress=False))
     assert [c["robust"] for c in halved["cells"]] == [c["robust"] for c in small["cells"]]
     run = json.loads((tmp_path / "halved" / "run.json").read_text())
     assert run["batch_size"] == 64 and run["batch_size_final"] <= 10
@@ -202,7 +202,7 @@ def test_batch_halves_on_out_of_memory_and_results_do_not_change(tmp_path):
 
 def test_undefended_model_falls_to_zero_at_standard_budget_and_chance_at_one(tmp_path):
     suite = load_suite(write_suite(tmp_path, suite_toml(["0", "0.1", "0.3"], {"name": "pgd", "kind": "pgd", "steps": 10})))
-    results = run_sweep(trained_cnn(), *eval_set(40), suite, tmp_path / "run", progress=False)
+    results = run_sweep(trained_cnn(), *eval_set(40), suite, tmp_path / "run", SweepConfig(progress=False))
     checks = {c["id"]: c for c in results["checks"]}
     assert checks[13]["status"] == "PASS", checks[13]
     assert checks[5]["status"] == "PASS", checks[5]
@@ -241,7 +241,7 @@ def test_sweep_leaves_batch_norm_in_eval_mode_and_its_statistics_untouched(tmp_p
     model.eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     suite = load_suite(write_suite(tmp_path, suite_toml(["0", "0.1"], FGSM, {"name": "pgd", "kind": "pgd", "steps": 3})))
-    results = run_sweep(model, x, y, suite, tmp_path / "run", progress=False)
+    results = run_sweep(model, x, y, suite, tmp_path / "run", SweepConfig(progress=False))
     assert not any(m.training for m in model.modules()), "the sweep left the model in training mode"
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "batch-norm statistics changed"
     assert {c["id"]: c["status"] for c in results["checks"]}[1] == "PASS"
@@ -260,7 +260,7 @@ def test_per_sample_outcomes_are_the_same_with_one_and_two_threads(mnist_jpeg_ru
     outcomes = {}
     for threads in (1, 2):
         torch.set_num_threads(threads)
-        run_sweep(model, x, y, suite, tmp_path / f"t{threads}", model_info=info, progress=False)
+        run_sweep(model, x, y, suite, tmp_path / f"t{threads}", SweepConfig(progress=False), model_info=info)
         outcomes[threads] = dict(np.load(tmp_path / f"t{threads}" / "samples.npz"))
     torch.set_num_threads(1)
     assert outcomes[1].keys() == outcomes[2].keys()
@@ -274,7 +274,7 @@ def finished_run(tmp_path):
     suite = load_suite(write_suite(tmp_path, suite_toml(["0", "0.1", "0.3"], FGSM,
                                                          {"name": "pgd", "kind": "pgd", "steps": 5})))
     x, y = eval_set(40)
-    run_sweep(trained_cnn(), x, y, suite, tmp_path / "run", progress=False)
+    run_sweep(trained_cnn(), x, y, suite, tmp_path / "run", SweepConfig(progress=False))
     with np.load(tmp_path / "run" / "samples.npz") as samples:
         outcomes = {k: samples[k] for k in samples.files}
     return tmp_path / "run", (suite, x, y), outcomes
@@ -295,7 +295,7 @@ def test_a_corrupt_cell_file_is_computed_again_with_a_warning_naming_it(finished
     cell.write_bytes(cell.read_bytes()[:100])
     before = _stats(folder)
     with pytest.warns(RobustJpegWarning, match=f"{cell}.*computing that cell again"):
-        run_sweep(trained_cnn(), x, y, suite, folder, resume=True, progress=False)
+        run_sweep(trained_cnn(), x, y, suite, folder, SweepConfig(resume=True, progress=False))
     after = _stats(folder)
     assert [name for name in before if before[name] != after[name]] == [cell.name], "only the corrupt cell is redone"
     assert _same_outcomes(folder, outcomes)
@@ -309,7 +309,7 @@ def test_a_corrupt_run_json_is_named_and_moving_it_aside_recovers_without_recomp
     assert str(folder / "run.json") in err and "move it aside" in err and "--resume" in err
     before = _stats(folder)
     (folder / "run.json").rename(folder / "run.json.broken")
-    run_sweep(trained_cnn(), x, y, suite, folder, resume=True, progress=False)
+    run_sweep(trained_cnn(), x, y, suite, folder, SweepConfig(resume=True, progress=False))
     assert _stats(folder) == before, "finished cells were computed again"
     assert _same_outcomes(folder, outcomes)
     assert main(["report", str(folder), "-o", str(folder.parent / "report")]) == EXIT_OK
@@ -322,7 +322,7 @@ def test_a_corrupt_summary_file_says_the_resumed_sweep_rebuilds_it(finished_run,
     with pytest.raises(RunFolderError, match=f"{folder / name}.*rerun the same sweep with --resume: it rebuilds"):
         load_run(folder)
     before = _stats(folder)
-    run_sweep(trained_cnn(), x, y, suite, folder, resume=True, progress=False)
+    run_sweep(trained_cnn(), x, y, suite, folder, SweepConfig(resume=True, progress=False))
     assert _stats(folder) == before and _same_outcomes(folder, outcomes)
     load_run(folder)
 
@@ -354,6 +354,6 @@ def test_minimum_norm_distances_do_not_depend_on_the_memory_format_of_the_images
     suite = load_suite(write_suite(tmp_path, suite_toml(["0"], {"name": "fmn", "kind": "fmn", "norm": "L2", "steps": 30},
                                                         l2_eps=[0.0, 1.0])))
     for name, images in (("plain", colour), ("channels_last", colour.contiguous(memory_format=torch.channels_last))):
-        run_sweep(model, images, y, suite, tmp_path / name, progress=False)
+        run_sweep(model, images, y, suite, tmp_path / name, SweepConfig(progress=False))
     plain, last = (read_run(tmp_path / name).samples["distances"] for name in ("plain", "channels_last"))
     assert np.array_equal(plain, last)

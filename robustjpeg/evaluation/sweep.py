@@ -8,7 +8,7 @@ import time
 import zlib
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -389,14 +389,25 @@ def _deployed(model: nn.Module, mode: str | None):
     return nullcontext() if mode is None else jpeg_mode(model, mode)
 
 
-def run_sweep(model: nn.Module, x: Tensor, y: Tensor, suite: Suite, out_dir: Path, *, seed: int = 0,
-              device="cpu", resume: bool = False, model_info: ModelInfo | None = None,
-              transfer_source: nn.Module | None = None, batch_size: int = 256, progress: bool = True,
-              indices: Tensor | None = None, dataset: str = "unknown", deploy_mode: str | None = None,
-              data_facts: dict | None = None) -> dict:
-    """Attack `model` with every attack of `suite` over its grid; write the run folder; return results.json.
+@dataclass(frozen=True)
+class SweepConfig:
+    """How one sweep runs. Of these only seed and jpeg_mode change what is measured (both are in the fingerprint)."""
 
-    data_facts (how the images were read: decoded count, resize, memory) go into run.json as "data".
+    seed: int = 0
+    device: str | torch.device = "cpu"
+    batch_size: int = 256  # halved on out-of-memory
+    resume: bool = False  # continue a run folder cell by cell instead of refusing a used one
+    progress: bool = True
+    jpeg_mode: str | None = None  # the whole sweep under one JPEG quantiser mode (e.g. "hard", a deployed codec)
+    dataset: str = "unknown"
+    indices: Tensor | None = None  # the samples' numbers in their test split, for paired comparisons
+    data_facts: dict | None = None  # how the images were read (decoded count, resize, memory): run.json's "data"
+
+
+def run_sweep(model: nn.Module, x: Tensor, y: Tensor, suite: Suite, out_dir: Path,
+              config: SweepConfig = SweepConfig(), *, model_info: ModelInfo | None = None,
+              transfer_source: nn.Module | None = None) -> dict:
+    """Attack `model` with every attack of `suite` over its grid; write the run folder; return results.json.
 
     Under torchrun each rank attacks its shard of the samples (shards/ holds them, for resume), rank 0 merges the
     shards into cells/ and finishes the run as one process would; every rank returns the same results.
@@ -406,52 +417,55 @@ def run_sweep(model: nn.Module, x: Tensor, y: Tensor, suite: Suite, out_dir: Pat
     if len(y) < launch.world:
         raise ConfigError(f"{len(y)} samples cannot be shared by {launch.world} processes; raise -n or launch fewer")
     out, t0 = Path(out_dir), time.perf_counter()
-    fingerprint = sweep_fingerprint(suite, x, y, seed, model_info, deploy_mode)
-    _prepare_everywhere(out, fingerprint, resume, launch)
+    fingerprint = sweep_fingerprint(suite, x, y, config.seed, model_info, config.jpeg_mode)
+    _prepare_everywhere(out, fingerprint, config.resume, launch)
     info = replace(model_info or ModelInfo(type(model).__name__))
     info.jpeg_tables = info.jpeg_tables or jpeg_tables(model)
-    device = resolve_device(device) if isinstance(device, str) else torch.device(device)
-    device = distributed.local_device(device, launch)
-    run = {"status": "running", "fingerprint": fingerprint, "suite": suite.to_dict(), "model": info.to_dict(), "dataset": dataset,
-           "n": len(y), "seed": seed, "deploy_mode": deploy_mode, "data": data_facts, "versions": library_versions(),
-           "device": device_description(device), "batch_size": batch_size, "processes": launch.world,
+    device = config.device
+    device = distributed.local_device(resolve_device(device) if isinstance(device, str) else torch.device(device), launch)
+    config = replace(config, device=device, progress=config.progress and launch.rank == 0)
+    run = {"status": "running", "fingerprint": fingerprint, "suite": suite.to_dict(), "model": info.to_dict(),
+           "dataset": config.dataset, "n": len(y), "seed": config.seed, "deploy_mode": config.jpeg_mode,
+           "data": config.data_facts, "versions": library_versions(), "device": device_description(device),
+           "batch_size": config.batch_size, "processes": launch.world,
            "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     if launch.rank == 0:
         write_run(out, run)
     shard_passes = None
     if launch.active:
-        opts = {"seed": seed, "device": device, "batch_size": batch_size, "progress": progress and launch.rank == 0,
-                "transfer_source": transfer_source}
-        shard_passes = _sharded_cells(model, x, y, suite, out, deploy_mode, launch, opts)
+        shard_passes = _sharded_cells(model, x, y, suite, out, config, transfer_source, launch)
         if launch.rank != 0:
             return distributed.broadcast_object(None, launch)
-    results = _finish(model, x, y, suite, out, run, info, t0, shard_passes, seed=seed, device=device, batch_size=batch_size,
-                      progress=progress, transfer_source=transfer_source, indices=indices, dataset=dataset,
-                      deploy_mode=deploy_mode)
+    results = _finish(model, x, y, suite, out, run, info, t0, shard_passes, config, transfer_source)
     return distributed.broadcast_object(results, launch)
 
 
+def _engine(model: nn.Module, x: Tensor, y: Tensor, config: SweepConfig, transfer_source: nn.Module | None,
+            ids: Tensor | None = None) -> Engine:
+    torch.manual_seed(config.seed)
+    return Engine(model, x, y, ids=ids, seed=config.seed, device=config.device, batch_size=config.batch_size,
+                  progress=config.progress, transfer_source=transfer_source)
+
+
 def _finish(model: nn.Module, x: Tensor, y: Tensor, suite: Suite, out: Path, run: dict, info: ModelInfo, t0: float,
-            shard_passes: dict | None, *, seed: int, device: torch.device, batch_size: int, progress: bool,
-            transfer_source: nn.Module | None, indices: Tensor | None, dataset: str, deploy_mode: str | None) -> dict:
+            shard_passes: dict | None, config: SweepConfig, transfer_source: nn.Module | None) -> dict:
     """Every cell (run here, or loaded from cells/), checks, samples.npz, results.json and the final run.json."""
     from robustjpeg.evaluation import checks
 
-    with _deployed(model, deploy_mode), torch.enable_grad():
-        torch.manual_seed(seed)
-        engine = Engine(model, x, y, seed=seed, device=device, batch_size=batch_size, progress=progress,
-                        transfer_source=transfer_source)
+    with _deployed(model, config.jpeg_mode), torch.enable_grad():
+        engine = _engine(model, x, y, config, transfer_source)
         for k, v in (shard_passes or {}).items():
             engine.reused[k] += v
         cells, where, skipped, distances = _all_cells(engine, suite, CellStore(out))
-        results = _summarise(engine, suite, info, dataset, cells, where, skipped)
+        results = _summarise(engine, suite, info, config.dataset, cells, where, skipped)
         attack_passes, t_checks = _spent(engine), time.perf_counter()
         results.update(checks.run_checks(engine, suite, cells, where, results, info, distances))
         run.update(passes_attacks=attack_passes, wall_time_checks_s=round(time.perf_counter() - t_checks, 3))
     results["checks_failed"] = sum(c["status"] == "FAIL" for c in results["checks"])
     worst = worst_case(cells, {k: (w[1], w[2]) for k, w in where.items()})
-    write_samples(out, indices=np.arange(len(y)) if indices is None else np.asarray(indices), labels=y.cpu().numpy(),
-                  clean_correct=engine.clean.cpu().numpy(), cells=cells, worst=worst, distances=distances)
+    indices = np.arange(len(y)) if config.indices is None else np.asarray(config.indices)
+    write_samples(out, indices=indices, labels=y.cpu().numpy(), clean_correct=engine.clean.cpu().numpy(), cells=cells,
+                  worst=worst, distances=distances)
     write_results(out, results)
     run.update(status="complete", wall_time_s=round(time.perf_counter() - t0, 3), passes=_spent(engine),
                batch_size_final=engine.batch_size,
@@ -478,17 +492,16 @@ def shard_folder(out: Path, rank: int, world: int) -> Path:
     return Path(out) / "shards" / f"world-{world}" / f"rank-{rank}"
 
 
-def _sharded_cells(model: nn.Module, x: Tensor, y: Tensor, suite: Suite, out: Path, deploy_mode: str | None,
-                   launch: distributed.Launch, opts: dict) -> dict[str, int]:
+def _sharded_cells(model: nn.Module, x: Tensor, y: Tensor, suite: Suite, out: Path, config: SweepConfig,
+                   transfer_source: nn.Module | None, launch: distributed.Launch) -> dict[str, int]:
     """This rank's cells on its samples (resumable in its shard folder); rank 0 merges all shards into cells/.
 
     Returns the passes the shards spent outside their cells (their clean predictions), for run.json.
     """
     ids = distributed.shard_indices(len(y), launch.rank, launch.world)
     store = CellStore(shard_folder(out, launch.rank, launch.world))
-    with _deployed(model, deploy_mode), torch.enable_grad():
-        torch.manual_seed(opts["seed"])
-        engine = Engine(model, x[ids], y[ids], ids=ids, **opts)
+    with _deployed(model, config.jpeg_mode), torch.enable_grad():
+        engine = _engine(model, x[ids], y[ids], config, transfer_source, ids)
         _all_cells(engine, suite, store)
     shard = {"ids": ids.numpy(), "cells": {key: store.load(key) for key in engine.meta}}
     shards = distributed.gather_objects(shard, launch)

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from robustjpeg.evaluation.checks import CHECKS
-from robustjpeg.evaluation.results import cell_key, robust_record, worst_case, write_results, write_run, write_samples
+from robustjpeg.evaluation.results import CellKey, robust_record, worst_case, write_results, write_run, write_samples
 
 LINF = [0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255]
 L2 = [0.0, 0.25, 0.5, 1.0]
@@ -38,7 +38,7 @@ def make_run(path: Path, model: str = "resnet20", *, n: int = 300, scale: float 
     for name, kind, norm, strength in attacks:
         grid, unit = (LINF, 1.0) if norm == "Linf" else (L2, L2_PER_LINF)
         for eps in grid:
-            key = cell_key(name, norm, eps)
+            key = str(CellKey(name, norm, eps))
             robust[key] = clean & (radius * unit * strength > eps) if eps > 0 else clean.copy()
             where[key] = (name, kind, norm, eps)
     worst = worst_case(robust, {key: (norm, eps) for key, (_, _, norm, eps) in where.items()})

@@ -20,10 +20,10 @@ PGD = {"name": "pgd", "kind": "pgd", "steps": 10, "random_start": False}
 PGD_SQUARE = suite_toml(["0", "0.1", "0.3"], FGSM, PGD, {"name": "square", "kind": "square", "queries": 200})
 
 
-def sweep_checks(tmp_path, model, text: str, n: int = 40, **kw) -> dict[int, dict]:
+def sweep_checks(tmp_path, model, text: str, n: int = 40, **settings) -> dict[int, dict]:
     """Checks and invariants of one sweep by id (an invariant's record has 'held' instead of 'status')."""
     suite = load_suite(write_suite(tmp_path, text))
-    results = run_sweep(model, *eval_set(n), suite, tmp_path / "run", SweepConfig(progress=False), **kw)
+    results = run_sweep(model, *eval_set(n), suite, tmp_path / "run", SweepConfig(progress=False, **settings))
     return {c["id"]: c for c in results["checks"] + results["invariants"]}
 
 
@@ -112,6 +112,6 @@ def test_trained_jpeg_dl_model_deployed_hard_is_flagged_and_bpda_reaches_chance(
 
     model = load_trained(mnist_jpeg_run["checkpoint"])[0]
     checks = sweep_checks(tmp_path, model, suite_toml(["0", "0.1", "0.2"], PGD, {**PGD, "name": "pgd-bpda", "view": "ste"}),
-                          n=60, deploy_mode="hard")
+                          n=60, jpeg_mode="hard")
     assert checks[11]["status"] == "FAIL", checks[11]
     assert checks[5]["status"] == "PASS" and "pgd-bpda" in checks[5]["detail"], checks[5]

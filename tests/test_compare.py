@@ -10,7 +10,7 @@ from scipy.stats import binomtest
 
 from robustjpeg.cli import EXIT_OK, EXIT_REGRESSION, EXIT_USAGE, main
 from robustjpeg.errors import RunFolderError
-from robustjpeg.evaluation.results import worst_key
+from robustjpeg.evaluation.results import CellKey
 from robustjpeg.report.compare import compare_runs, paired_change, regressions
 
 from runfolders import make_run
@@ -54,7 +54,7 @@ def test_run_comparison_p_values_match_scipy_per_budget(runs):
     gated = [r for r in result["rows"] if r["scope"] != "attack"]
     assert len(gated) == 10  # clean + 5 Linf + 4 L2 worst-case budgets
     for row in gated:
-        key = "clean" if row["scope"] == "clean" else worst_key(row["norm"], row["eps"])
+        key = "clean" if row["scope"] == "clean" else str(CellKey(None, row["norm"], row["eps"]))
         b, c = _discordant(runs["ref"], runs["drop"], key)
         assert (row["a_only"], row["b_only"]) == (b, c)
         assert row["p"] == pytest.approx(_scipy_p(b, c), rel=1e-9)

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from robustjpeg.attacks.adapters import NORMS, AttackSpec, Suite
 from robustjpeg.evaluation import optimality as opt
+from robustjpeg.evaluation.results import CellKey
 from robustjpeg.models.info import ModelInfo
 from robustjpeg.models.jpeg import jpeg_layers
 
@@ -80,7 +81,8 @@ class Context:
 
     def norm_distances(self, norm: str) -> dict[str, np.ndarray]:
         """Per minimum-norm attack of one norm, each sample's distance (inf where it failed)."""
-        return {key.rsplit("|", 1)[0]: d for key, d in self.distances.items() if key.rsplit("|", 1)[1] == norm}
+        keys = {CellKey.parse(key, "distance"): d for key, d in self.distances.items()}
+        return {key.attack: d for key, d in keys.items() if key.norm == norm}
 
     def cell_of(self, spec: AttackSpec, eps: float) -> str | None:
         found = [k for k, (s, n, e) in self.where.items() if s.name == spec.name and n == "Linf" and e == eps]

@@ -8,6 +8,7 @@ import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -23,13 +24,32 @@ REBUILD = "rerun the same sweep with --resume: it rebuilds {} from the finished 
 CORRUPT = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)  # what reading a damaged .npz raises
 
 
-def cell_key(attack: str, norm: str, eps: float) -> str:
-    """'attack|norm|eps', the name of one cell in samples.npz and cells/."""
-    return f"{attack}|{norm}|{eps:.8g}"
+class CellKey(NamedTuple):
+    """The name of one stored row of per-sample outcomes: an attack in one norm at one budget; attack None: the
+    worst case over the suite; eps None: a minimum-norm attack's distances (one row serves every budget).
 
+    str() is the form cells/ and samples.npz store ('attack|norm|eps', 'norm|eps', 'attack|norm'); parse() reads it.
+    """
 
-def worst_key(norm: str, eps: float) -> str:
-    return f"{norm}|{eps:.8g}"
+    attack: str | None
+    norm: str
+    eps: float | None = None
+
+    def __str__(self) -> str:
+        parts = (self.attack, self.norm, None if self.eps is None else f"{self.eps:.8g}")
+        return "|".join(p for p in parts if p is not None)
+
+    @classmethod
+    def parse(cls, text: str, kind: str = "cell") -> CellKey:
+        """A stored key of one kind: "cell" (attack|norm|eps), "worst" (norm|eps) or "distance" (attack|norm)."""
+        if kind == "worst":
+            norm, eps = str(text).split("|")
+            return cls(None, norm, float(eps))
+        if kind == "distance":
+            attack, norm = str(text).rsplit("|", 1)
+            return cls(attack, norm)
+        attack, norm, eps = str(text).rsplit("|", 2)
+        return cls(attack, norm, float(eps))
 
 
 def robust_record(robust: np.ndarray) -> dict:
@@ -106,7 +126,7 @@ def write_samples(run_dir: Path, *, indices, labels, clean_correct, cells: dict[
         "indices": np.asarray(indices, dtype=np.int64), "labels": np.asarray(labels, dtype=np.int64),
         "clean_correct": np.asarray(clean_correct, dtype=bool),
         "cell_keys": np.array(list(cells), dtype=str), "robust": rows(cells),
-        "worst_keys": np.array([worst_key(*b) for b in worst], dtype=str), "worst": rows(worst),
+        "worst_keys": np.array([str(CellKey(None, *b)) for b in worst], dtype=str), "worst": rows(worst),
     }
     if distances:  # per minimum-norm attack ('attack|norm'), each sample's distance; inf where it failed
         arrays["distance_keys"] = np.array(list(distances), dtype=str)

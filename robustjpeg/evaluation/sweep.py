@@ -19,8 +19,8 @@ from torch import Tensor, nn
 from robustjpeg.attacks.adapters import FGSM, PGD, AttackSpec, Suite, load_suite
 from robustjpeg.errors import BadInput, ConfigError, RunFolderError
 from robustjpeg.evaluation.results import (
+    CellKey,
     CellStore,
-    cell_key,
     robust_record,
     worst_case,
     write_results,
@@ -206,7 +206,7 @@ def _budget_cells(engine: Engine, spec: AttackSpec, grid: list[float], store: Ce
         return meta, {"robust": alive.cpu().numpy().copy()}
 
     for eps in grid:
-        key = cell_key(spec.name, adapter.norm, eps)
+        key = str(CellKey(spec.name, adapter.norm, eps))
         out[key] = engine.cell(store, key, lambda: compute(eps, key))["robust"]  # noqa: B023 (called at once)
         alive = torch.tensor(out[key], device=engine.device)
     return out
@@ -263,7 +263,7 @@ def _set_modes(layers: list, modes: list[str]) -> None:
 
 def distance_key(attack: str, norm: str) -> str:
     """'attack|norm|distances': the cell holding a minimum-norm attack's per-sample distances."""
-    return f"{attack}|{norm}|distances"
+    return f"{CellKey(attack, norm)}|distances"
 
 
 def _distance_cells(engine: Engine, spec: AttackSpec, grid: list[float], store: CellStore) -> tuple[dict, np.ndarray]:
@@ -277,7 +277,7 @@ def _distance_cells(engine: Engine, spec: AttackSpec, grid: list[float], store: 
 
     dist = engine.cell(store, distance_key(spec.name, adapter.norm), compute)["distance"]
     clean = engine.clean.cpu().numpy()
-    return {cell_key(spec.name, adapter.norm, eps): clean & (dist > eps) for eps in grid}, dist
+    return {str(CellKey(spec.name, adapter.norm, eps)): clean & (dist > eps) for eps in grid}, dist
 
 
 def _distances(engine: Engine, spec: AttackSpec, adapter, stats: dict) -> np.ndarray:
@@ -314,7 +314,7 @@ def _all_cells(engine: Engine, suite: Suite, store: CellStore):
         norm = spec.norm
         grid = suite.grid(norm)
         if spec.adapter.minimum_norm:
-            found, distances[f"{spec.name}|{norm}"] = _distance_cells(engine, spec, grid, store)
+            found, distances[str(CellKey(spec.name, norm))] = _distance_cells(engine, spec, grid, store)
         else:
             found = _budget_cells(engine, spec, grid, store, survivors.get(norm))
             if suite.cascade:
@@ -570,5 +570,5 @@ def reference_sweep(model: nn.Module, x: Tensor, y: Tensor, suite: Suite, *, bat
                 with torch.no_grad():
                     broken = counted(adv).argmax(1) != yb
                 alive[start:start + batch_size] &= ~broken
-            cells[cell_key(spec.name, spec.norm, eps)] = alive.cpu().numpy().copy()
+            cells[str(CellKey(spec.name, spec.norm, eps))] = alive.cpu().numpy().copy()
     return cells, passes

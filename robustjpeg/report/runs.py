@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from robustjpeg.errors import RunFolderError
-from robustjpeg.evaluation.results import RUN_FIX, read_run
+from robustjpeg.evaluation.results import RUN_FIX, CellKey, read_run
 from robustjpeg.evaluation.verdict import Verdict, model_verdict, run_verdict
 from robustjpeg.utils.io import read_json
 
@@ -147,8 +147,8 @@ def _outcomes(arrays: dict[str, np.ndarray], path: Path, n: int) -> Outcomes:
     _require(not missing, path, f"lacks the arrays {missing}")
     _require(arrays["clean_correct"].shape == (n,), path,
              f"holds {arrays['clean_correct'].shape} outcomes, results.json says n={n}")
-    cells = {_cell_key(k): row.astype(bool) for k, row in zip(arrays["cell_keys"], arrays["robust"])}
-    worst = {_worst_key(k): row.astype(bool) for k, row in zip(arrays["worst_keys"], arrays["worst"])}
+    cells = {CellKey.parse(k): row.astype(bool) for k, row in zip(arrays["cell_keys"], arrays["robust"])}
+    worst = {CellKey.parse(k, "worst")[1:]: row.astype(bool) for k, row in zip(arrays["worst_keys"], arrays["worst"])}
     return Outcomes(arrays["indices"], arrays["labels"], arrays["clean_correct"].astype(bool), cells, worst)
 
 
@@ -165,16 +165,6 @@ def _agree(results: dict, outcomes: Outcomes, path: Path) -> None:
         _require(count is None or int(count) == int(ok.sum()), path,
                  f"results.json says {count} for {what} but samples.npz holds {int(ok.sum())}; "
                  "the files come from different runs: rerun the sweep into a fresh folder")
-
-
-def _cell_key(text) -> tuple[str, str, float]:
-    attack, norm, eps = str(text).rsplit("|", 2)
-    return attack, norm, float(eps)
-
-
-def _worst_key(text) -> tuple[str, float]:
-    norm, eps = str(text).split("|")
-    return norm, float(eps)
 
 
 def find(table: dict, *key) -> np.ndarray | None:

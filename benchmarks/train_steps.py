@@ -5,7 +5,7 @@ Run from the repository root, e.g.
     OMP_NUM_THREADS=1 python benchmarks/train_steps.py --dataset imagefolder:../shared/data/cifar10-jpeg \
         --arch resnet20 --batch-size 64 --steps 300 [--variant jpeg]
     OMP_NUM_THREADS=1 python benchmarks/train_steps.py --synthetic 112 --classes 102 --train-images 1020 \
-        --test-images 6149 --arch tv_resnet18 --batch-size 64 --steps 60
+        --test-images 6149 --arch torchvision:resnet18 --batch-size 64 --steps 60
 
 Times `--steps` steps (forward, backward, SGD, plus Adam on the JPEG tables for --variant jpeg) through the training
 harness's own batches, augmentation and optimisers, after `--warmup` untimed steps, then the forward pass over
@@ -27,7 +27,9 @@ import torch.nn.functional as F
 
 from robustjpeg.data.datasets import Dataset, TensorSplit, load_dataset
 from robustjpeg.models.factory import build_model
-from robustjpeg.training.loop import Batches, TrainConfig, evaluate, make_optimisers, make_spec
+from robustjpeg.training.config import TrainConfig
+from robustjpeg.training.loop import Batches, evaluate
+from robustjpeg.training.setup import make_optimisers, make_spec
 
 
 def synthetic(size: int, classes: int, train: int, test: int) -> Dataset:

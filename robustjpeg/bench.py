@@ -309,7 +309,7 @@ class Log:
 
 def train_config(bench: Benchmark, entry: ModelEntry, device: str):
     """The TrainConfig of a model entry; the benchmark's dataset and seed apply unless the entry sets them."""
-    from robustjpeg.training.loop import TrainConfig
+    from robustjpeg.training.config import TrainConfig
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(entry.train) - fields)
@@ -411,7 +411,8 @@ def _sweep_all(bench: Benchmark, models: dict, infos: dict, out: Path, device, s
     for entry, suite_name in order:  # one seed: nested subsets while class quotas grow with n (balanced test sets)
         at = (entry.name, bench.examples(suite_name))
         if at not in ready:
-            ready[at] = prepare(models[entry.name], infos[entry.name], ds, n=at[1], seed=bench.seed, device=device)
+            ready[at] = prepare(models[entry.name], infos[entry.name], ds, n=at[1], seed=bench.seed, device=device,
+                                label=entry.name)
     run_dirs = []
     for entry, suite_name in order:
         n = bench.examples(suite_name)

@@ -131,7 +131,7 @@ def _add_train(p: argparse.ArgumentParser) -> None:
                    "fine-grained sets); images of several sizes need it")
     _add_preprocess_args(p)
     _add_data_args(p)
-    p.add_argument("--arch", default=None, help="backbone (default per dataset: smallcnn, resnet20, tv_resnet18)")
+    p.add_argument("--arch", default=None, help="backbone (ours, torchvision:NAME or timm:NAME; default per dataset: smallcnn, resnet20, torchvision:resnet18)")
     kind = p.add_mutually_exclusive_group()
     kind.add_argument("--jpeg", action="store_true", help="JPEG-DL: a trainable JPEG layer in front of the backbone")
     kind.add_argument("--jpeg-fixed", type=int, default=None, metavar="QUALITY",
@@ -163,7 +163,7 @@ def _add_train(p: argparse.ArgumentParser) -> None:
 
 
 def _train_config(args: argparse.Namespace):
-    from robustjpeg.training.loop import TrainConfig
+    from robustjpeg.training.config import TrainConfig
 
     if args.jpeg_fixed is not None and args.jpeg_quality is not None:
         raise ConfigError("--jpeg-fixed QUALITY already sets the quality; drop --jpeg-quality")

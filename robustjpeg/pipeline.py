@@ -52,9 +52,10 @@ class Prepared:
 
 
 def prepare(model: nn.Module, info: ModelInfo, data: Dataset | tuple[Tensor, Tensor], *, n: int | None,
-            seed: int, device: torch.device, workers: int | None = None) -> Prepared:
+            seed: int, device: torch.device, workers: int | None = None, label: str | None = None) -> Prepared:
     """The evaluation subset (class-stratified, the same for every model with this seed) and a model checked to fit
-    it (input size, class count) and probed (NaN, probabilities, chance), before any attack runs."""
+    it (input size, class count) and probed (NaN, probabilities, chance), before any attack runs; label names the
+    model in the probe's messages (a benchmark's model name)."""
     if isinstance(data, tuple):
         x, y, indices = _tensors(*data, n)
         name, classes, facts = "tensors", int(y.max()) + 1, None
@@ -64,7 +65,7 @@ def prepare(model: nn.Module, info: ModelInfo, data: Dataset | tuple[Tensor, Ten
         x, y, indices, name, classes, facts = (subset.x, subset.y, subset.indices, data.name, len(data.classes),
                                                subset.facts)
     model = fit_to_data(model, info, x[:2].to(device), classes, name)
-    probe_model(model, info, x, y, classes, name, device)
+    probe_model(model, info, x, y, classes, name, device, name=label)
     return Prepared(model, x, y, indices, name, facts)
 
 

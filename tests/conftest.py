@@ -93,7 +93,8 @@ def kill_pgd_after(monkeypatch):
 
 
 def _train_mnist(tmp_path_factory, variant: str) -> dict:
-    from robustjpeg.training.loop import TrainConfig, train
+    from robustjpeg.training.config import TrainConfig
+    from robustjpeg.training.loop import train
 
     cfg = TrainConfig(dataset="mnist5k", variant=variant, device="cpu", progress=False)
     with one_thread():

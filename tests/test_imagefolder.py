@@ -332,7 +332,8 @@ def test_eval_cli_resizes_mixed_photos_and_records_it_in_run_json(cifar_members,
 
 def test_a_model_trained_on_mixed_sizes_stores_its_test_resize_and_eval_reuses_it(cifar_members, tmp_path):
     from robustjpeg.models.loading import load_model
-    from robustjpeg.training.loop import TrainConfig, train
+    from robustjpeg.training.config import TrainConfig
+    from robustjpeg.training.loop import train
 
     root = tmp_path / "mixed"
     _write(root / "train", cifar_members, 4, _bicubic_copy)

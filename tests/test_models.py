@@ -18,7 +18,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 CIFAR_ARCHS = ["resnet20", "resnet32", "resnet44", "resnet56", "resnet18", "vgg13", "mobilenetv2"]
 
 
-@pytest.mark.parametrize("name", CIFAR_ARCHS + ["tv_resnet18", "tv_densenet121"])
+@pytest.mark.parametrize("name", CIFAR_ARCHS + ["torchvision:resnet18", "torchvision:densenet121", "timm:resnet18"])
 def test_every_cifar_size_model_maps_a_batch_to_class_logits(name):
     net = models.create_model(name, num_classes=7).eval()
     with torch.no_grad():

@@ -19,8 +19,10 @@ from robustjpeg.errors import CheckpointError, ConfigError, RunFolderError
 from robustjpeg.models.checkpoints import load_trained
 from robustjpeg.models.factory import build_model
 from robustjpeg.models.jpeg import standard_tables
-from robustjpeg.training import loop as train_stage
-from robustjpeg.training.loop import TrainConfig, backbone_lr, evaluate, init_tables, make_optimisers, make_spec, train
+from robustjpeg.training import setup as training_setup
+from robustjpeg.training.config import TrainConfig
+from robustjpeg.training.loop import evaluate, train
+from robustjpeg.training.setup import backbone_lr, init_tables, make_optimisers, make_spec
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -105,11 +107,11 @@ def test_data_driven_table_inits_replace_the_standard_start(init, mnist_baseline
 
 def test_sensitivity_is_estimated_on_all_training_images_up_to_ten_thousand(mnist_baseline_run, monkeypatch):
     seen = []
-    monkeypatch.setattr(train_stage, "init_sensitivity",
+    monkeypatch.setattr(training_setup, "init_sensitivity",
                         lambda layer, model, x, y, q_max: seen.append((len(x), torch.bincount(y).tolist(), q_max)))
     ds = load_dataset("mnist5k")
     for subset, cap in ((None, 10_000), (1500, 10_000), (None, 1000)):
-        monkeypatch.setattr(train_stage, "SENSITIVITY_IMAGES", cap)
+        monkeypatch.setattr(training_setup, "SENSITIVITY_IMAGES", cap)
         cfg = TrainConfig(variant="jpeg-fixed", jpeg_init="sensitivity", init_from=mnist_baseline_run["checkpoint"],
                           q_max=5, train_subset=subset, device="cpu").resolved(ds.family)
         init_tables(build_model(make_spec(cfg, ds)), cfg, ds, torch.device("cpu"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -10,7 +11,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from robustjpeg.errors import ConfigError
+from robustjpeg.errors import ConfigError, UnknownName
 from robustjpeg.models.jpeg import JpegLayer
 from robustjpeg.utils.registry import Registry
 
@@ -22,8 +23,26 @@ VARIANTS = ("baseline", "jpeg", "jpeg-fixed")
 
 
 def create_model(name: str, num_classes: int = 10, in_channels: int = 3) -> nn.Module:
-    """A backbone (no normalisation, no JPEG layer) by registry name."""
-    return MODELS.create(name, num_classes=num_classes, in_channels=in_channels)
+    """An untrained backbone (no normalisation, no JPEG layer): ours by name, ``torchvision:NAME`` or ``timm:NAME``;
+    a bare name that is not ours is looked up in torchvision, then timm. Training and loading both resolve names here.
+    """
+    library, _, model_name = name.rpartition(":")
+    if not library and model_name in MODELS:
+        return MODELS.create(model_name, num_classes=num_classes, in_channels=in_channels)
+    if library in ("", "torchvision"):
+        import torchvision
+
+        if model_name in torchvision.models.list_models(module=torchvision.models):
+            if in_channels != 3:
+                raise ConfigError(f"torchvision:{model_name} takes RGB input; use it with a 3-channel dataset")
+            return torchvision.models.get_model(model_name, weights=None, num_classes=num_classes)
+    if library in ("", "timm") and importlib.util.find_spec("timm") is not None:
+        import timm
+
+        if timm.is_model(model_name):
+            return timm.create_model(model_name, pretrained=False, num_classes=num_classes, in_chans=in_channels)
+    raise UnknownName(f"unknown architecture {name!r}; ours: {', '.join(MODELS.names())}; "
+                      "or torchvision:NAME / timm:NAME")
 
 
 # --- CIFAR ResNet-20/32/44/56 (He et al. 2016, option-A shortcuts) ---------------------------------
@@ -147,25 +166,6 @@ def cnn_a(num_classes: int = 10, in_channels: int = 3, input_size: int = 32) -> 
     side = input_size // 4
     return nn.Sequential(nn.Conv2d(in_channels, 16, 4, 2, 1), nn.ReLU(), nn.Conv2d(16, 32, 4, 2, 1), nn.ReLU(),
                          nn.Flatten(), nn.Linear(32 * side * side, 100), nn.ReLU(), nn.Linear(100, num_classes))
-
-
-# --- torchvision ImageNet-style models (fine-grained data) --------------------------------------
-
-TORCHVISION = ("resnet18", "resnet50", "densenet121", "mobilenet_v2", "efficientnet_b0")
-
-
-def _register_torchvision(name: str) -> None:
-    @MODELS.register(f"tv_{name}")
-    def build(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
-        import torchvision.models as tvm
-
-        if in_channels != 3:
-            raise ConfigError(f"tv_{name} takes RGB input; use it with a 3-channel dataset")
-        return getattr(tvm, name)(weights=None, num_classes=num_classes)
-
-
-for _tv in TORCHVISION:
-    _register_torchvision(_tv)
 
 
 # --- the model wrapper ---------------------------------------------------------------------------

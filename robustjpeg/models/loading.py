@@ -55,8 +55,6 @@ Safe reading of files is in ``robustjpeg.models.files``, the RobustBench layer i
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -67,9 +65,9 @@ import torch
 from torch import nn
 
 from robustjpeg.data.preprocess import Preprocess, parse_input_size, timm_defaults
-from robustjpeg.errors import CheckpointError, ConfigError, UnknownName, first_line
+from robustjpeg.errors import CheckpointError, ConfigError, first_line
 from robustjpeg.models.checkpoints import SCHEMA, load_trained
-from robustjpeg.models.factory import MODELS, Normalize, create_model, strip_prefixes
+from robustjpeg.models.factory import Normalize, create_model, strip_prefixes
 from robustjpeg.models.files import read_safetensors, sniff_file, torch_load, unwrap_state_dict
 from robustjpeg.models.info import ModelInfo
 from robustjpeg.models.robustbench import load_zoo
@@ -240,29 +238,11 @@ def _fit_architecture(arch: str | None, num_classes: int | None, state: dict, pa
         raise ConfigError(f"{path} holds only weights; name the architecture with --arch "
                           "(ours, torchvision:NAME or timm:NAME) or use a model-spec TOML")
     built = (num_classes or 10, 3)
-    probe = build_architecture(arch, *built)
+    probe = create_model(arch, *built)
     state = strip_prefixes(state, probe.state_dict())
     fitted = (num_classes or _dim_of(state, _last_module_key(probe, nn.Linear), 0) or built[0],
               _dim_of(state, _first_module_key(probe, nn.Conv2d), 1) or 3)
-    return (probe if fitted == built else build_architecture(arch, *fitted)), *fitted
-
-
-def build_architecture(arch: str, num_classes: int, in_channels: int = 3) -> nn.Module:
-    """An untrained backbone by name: our registry first, then torchvision, then timm."""
-    library, _, model_name = arch.rpartition(":")
-    if not library and model_name in MODELS:
-        return create_model(model_name, num_classes=num_classes, in_channels=in_channels)
-    if library in ("", "torchvision"):
-        import torchvision
-
-        if model_name in torchvision.models.list_models(module=torchvision.models):
-            return torchvision.models.get_model(model_name, weights=None, num_classes=num_classes)
-    if library in ("", "timm") and importlib.util.find_spec("timm") is not None:
-        import timm
-
-        if timm.is_model(model_name):
-            return timm.create_model(model_name, pretrained=False, num_classes=num_classes, in_chans=in_channels)
-    raise UnknownName(f"unknown architecture {arch!r}; ours: {', '.join(MODELS.names())}; or torchvision:NAME / timm:NAME")
+    return (probe if fitted == built else create_model(arch, *fitted)), *fitted
 
 
 def load_matching_state(model: nn.Module, state: dict, what: str) -> None:

@@ -1,4 +1,4 @@
-"""Training harness: one recipe for baseline, JPEG-DL and fixed-JPEG models; atomic per-epoch checkpoints, exact resume."""
+"""The training loop: one recipe for baseline, JPEG-DL and fixed-JPEG models; atomic per-epoch checkpoints, exact resume."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import math
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +15,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from robustjpeg.data.datasets import Dataset, TensorSplit, augment, load_dataset, stratified_indices, training_dataset
-from robustjpeg.data.preprocess import Preprocess
+from robustjpeg.data.datasets import Dataset, TensorSplit, augment, load_dataset, training_dataset
 from robustjpeg.errors import ConfigError, RobustJpegError, RunFolderError
-from robustjpeg.models.checkpoints import SCHEMA, load_trained, read_checkpoint
-from robustjpeg.models.factory import VARIANTS, JpegModel, ModelSpec, build_model
-from robustjpeg.models.jpeg import INITS as JPEG_INITS
-from robustjpeg.models.jpeg import STEP_MAX, JpegLayer, init_abs_avg, init_sensitivity
+from robustjpeg.models.checkpoints import SCHEMA, read_checkpoint
+from robustjpeg.models.factory import JpegModel, ModelSpec, build_model
+from robustjpeg.training.config import RESUME_FREE, TrainConfig
+from robustjpeg.training.setup import backbone_lr, init_tables, make_optimisers, make_spec, training_indices
 from robustjpeg.utils import distributed
 from robustjpeg.utils.io import (
     atomic_torch_save,
@@ -33,212 +31,6 @@ from robustjpeg.utils.io import (
     resolve_device,
 )
 from robustjpeg.utils.stats import accuracy_record
-
-DEFAULT_ARCH = {"mnist": "smallcnn", "cifar": "resnet20", "fine": "tv_resnet18"}
-# Backbone recipes per data family (DESIGN.md §3); milestones are fractions of the epoch count.
-RECIPES = {
-    "mnist": {"epochs": 4, "batch_size": 32, "lr": 0.05, "weight_decay": 5e-4, "milestones": (0.5, 0.75)},
-    "cifar": {"epochs": 240, "batch_size": 64, "lr": 0.05, "weight_decay": 5e-4, "milestones": (0.625, 0.75, 0.875)},
-    "fine": {"epochs": 200, "batch_size": 64, "lr": 0.1, "weight_decay": 1e-4, "milestones": (0.5, 0.75)},
-}
-# Flags that may differ between a run and its resumption (a resumed run takes its tables from the checkpoint, so
-# the baseline it was initialised from may have moved).
-RESUME_FREE = ("device", "compile", "progress", "data_root", "download", "workers", "init_from")
-SENSITIVITY_IMAGES = 10_000  # the official code estimates sensitivity on at least 10,000 training images
-DEFAULT_Q_MAX = 10.0  # largest luma step of the sensitivity tables: the paper's CIFAR setting (5 for fine-grained)
-
-
-@dataclass
-class TrainConfig:
-    """A training run. None means "the data family's recipe" (RECIPES), filled in by resolved().
-
-    recipe: the family whose recipe applies (default: the data's, see robustjpeg.data.datasets.family_of); input_size,
-    resize, crop_pct, interpolation: the crop size and test-time resize (robustjpeg.data.preprocess); channels: read
-    every image with 1 or 3 channels (default: grey only when every image is).
-    """
-
-    dataset: str = "mnist5k"
-    arch: str | None = None
-    variant: str = "baseline"
-    jpeg_alpha: float | None = None
-    jpeg_hardness: float | None = None
-    jpeg_init: str = "standard"
-    jpeg_quality: int = 50
-    jpeg_constant: float | None = None
-    init_from: str | None = None
-    q_max: float | None = None
-    chroma_offset: bool = False
-    epochs: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    momentum: float = 0.9
-    weight_decay: float | None = None
-    milestones: tuple[int, ...] | None = None
-    jpeg_lr: float = 3e-3
-    jpeg_weight_decay: float = 0.0
-    seed: int = 0
-    train_subset: int | None = None
-    data_root: str | None = None
-    download: bool = False
-    compile: bool = False
-    device: str = "auto"
-    progress: bool | None = None
-    workers: int = 4
-    recipe: str | None = None
-    input_size: tuple[int, int] | None = None
-    resize: int | None = None
-    crop_pct: float | None = None
-    interpolation: str | None = None
-    channels: int | None = None
-    extra: dict = field(default_factory=dict)
-
-    def resolved(self, family: str) -> TrainConfig:
-        """Fill unset fields from the family recipe and check the combination."""
-        recipe = RECIPES[family]
-        epochs = self.epochs if self.epochs is not None else recipe["epochs"]
-        milestones = self.milestones
-        if milestones is None:
-            milestones = tuple(sorted({max(1, round(f * epochs)) for f in recipe["milestones"]}))
-        cfg = replace(self, arch=self.arch or DEFAULT_ARCH[family], epochs=epochs,
-                      batch_size=self.batch_size or recipe["batch_size"],
-                      lr=self.lr if self.lr is not None else recipe["lr"],
-                      weight_decay=self.weight_decay if self.weight_decay is not None else recipe["weight_decay"],
-                      milestones=tuple(int(m) for m in milestones))
-        validate(cfg)
-        return cfg
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON types only (paths as strings), so checkpoints stay loadable with weights_only=True."""
-        d = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
-        for key in ("milestones", "input_size"):
-            d[key] = None if d[key] is None else list(d[key])
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        names = {f.name for f in fields(cls)}
-        d = {k: v for k, v in d.items() if k in names}
-        for key in ("milestones", "input_size"):
-            if d.get(key) is not None:
-                d[key] = tuple(d[key])
-        return cls(**d)
-
-    def preprocess(self) -> Preprocess:
-        """The crop size and test-time resize asked for (unset fields come from the data)."""
-        return Preprocess(self.input_size, self.resize, self.crop_pct, self.interpolation)
-
-
-def validate(cfg: TrainConfig) -> None:
-    """Reject flag combinations that make no sense, naming the flag to change."""
-    if cfg.variant not in VARIANTS:
-        raise ConfigError(f"variant must be one of {', '.join(VARIANTS)}, not {cfg.variant!r}")
-    if cfg.jpeg_alpha is not None and cfg.jpeg_hardness is not None:
-        raise ConfigError("--alpha and --hardness both set the quantiser's softness; give one of them")
-    if cfg.variant == "baseline" and (cfg.jpeg_alpha is not None or cfg.jpeg_hardness is not None):
-        raise ConfigError("--alpha/--hardness configure a JPEG layer; add --jpeg or --jpeg-fixed QUALITY")
-    if cfg.jpeg_init not in JPEG_INITS:
-        raise ConfigError(f"--jpeg-init must be one of {', '.join(JPEG_INITS)}, not {cfg.jpeg_init!r}")
-    if cfg.variant == "baseline" and (cfg.jpeg_init != "standard" or cfg.init_from or cfg.chroma_offset):
-        raise ConfigError("--jpeg-init/--init-from/--official-chroma-offset configure a JPEG layer; "
-                          "add --jpeg or --jpeg-fixed QUALITY")
-    if (cfg.jpeg_init == "constant") != (cfg.jpeg_constant is not None):
-        raise ConfigError("--jpeg-init constant and --jpeg-constant STEP go together")
-    if (cfg.jpeg_init == "sensitivity") != bool(cfg.init_from):
-        raise ConfigError("--jpeg-init sensitivity and --init-from BASELINE_CHECKPOINT go together")
-    if cfg.init_from and not Path(cfg.init_from).is_file():
-        raise ConfigError(f"--init-from {cfg.init_from} is not a file; pass a trained baseline checkpoint.pt")
-    if cfg.q_max is not None and cfg.jpeg_init != "sensitivity":
-        raise ConfigError("--q-max sets the largest luma step of the sensitivity tables; it needs --jpeg-init sensitivity")
-    if cfg.q_max is not None and not 0 < cfg.q_max <= STEP_MAX:
-        raise ConfigError(f"--q-max must lie in (0, {STEP_MAX:g}] (the paper uses 10 for CIFAR, 5 for fine-grained "
-                          f"data), got {cfg.q_max}")
-    if not 1 <= cfg.jpeg_quality <= 100:
-        raise ConfigError(f"JPEG quality must lie in 1..100, got {cfg.jpeg_quality}")
-    for name in ("epochs", "batch_size"):
-        if getattr(cfg, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
-    if cfg.train_subset is not None and cfg.train_subset < 1:
-        raise ConfigError(f"--train-subset must be at least 1, got {cfg.train_subset}")
-    if cfg.lr <= 0 or cfg.jpeg_lr <= 0:
-        raise ConfigError("--lr and --jpeg-lr must be positive")
-    if list(cfg.milestones) != sorted(set(cfg.milestones)) or any(m < 1 for m in cfg.milestones):
-        raise ConfigError(f"--milestones must be increasing positive epochs, got {list(cfg.milestones)}")
-
-
-# --- building the model --------------------------------------------------------------------------
-
-def make_spec(cfg: TrainConfig, ds: Dataset) -> ModelSpec:
-    """The model spec for this config and dataset (JPEG layer config from JpegLayer.config())."""
-    jpeg = None
-    if cfg.variant != "baseline":
-        trainable = cfg.variant == "jpeg"
-        layer = JpegLayer(channels=ds.in_channels, alpha=5.0 if cfg.jpeg_alpha is None else cfg.jpeg_alpha,
-                          hardness=cfg.jpeg_hardness, init=cfg.jpeg_init, quality=cfg.jpeg_quality,
-                          constant=cfg.jpeg_constant, trainable=trainable, chroma_offset=cfg.chroma_offset)
-        jpeg = {**layer.config(), "trainable": trainable}
-    return ModelSpec(cfg.arch, len(ds.classes), ds.in_channels, tuple(ds.mean), tuple(ds.std), ds.input_size, jpeg,
-                     preprocess=ds.applied.to_dict() if ds.applied else None)
-
-
-def init_tables(model: JpegModel, cfg: TrainConfig, ds: Dataset, device: torch.device) -> None:
-    """Data-driven table starts, trainable or frozen: abs_avg from training images, sensitivity from a trained baseline.
-
-    Sensitivity, as in the official code: mean squared loss gradient per DCT coefficient of the baseline over
-    min(10,000, all) of the run's training images (its train_subset when set), steps ~ 1/sensitivity with the
-    largest luma step q_max. A frozen control with the same recipe and init_from gets the very same tables.
-    """
-    if cfg.variant == "baseline" or cfg.jpeg_init not in ("abs_avg", "sensitivity"):
-        return
-    if cfg.jpeg_init == "abs_avg":
-        x, _ = _sample_batch(ds, min(1024, len(ds.train)), cfg.seed)
-        init_abs_avg(model.jpeg, x.to(device))
-        return
-    baseline, spec, _ = load_trained(cfg.init_from, device)
-    if spec.jpeg is not None:
-        raise ConfigError(f"--init-from {cfg.init_from} is a {spec.variant} model; sensitivity needs a baseline")
-    pool = training_indices(ds, cfg)
-    with torch.random.fork_rng(devices=[]):  # random crops of file data repeat, and leave training's RNG alone
-        torch.manual_seed(cfg.seed)
-        x, y = _sample_batch(ds, min(SENSITIVITY_IMAGES, len(pool)), cfg.seed, pool)
-    init_sensitivity(model.jpeg, baseline, x.to(device), y.to(device),
-                     q_max=DEFAULT_Q_MAX if cfg.q_max is None else cfg.q_max)
-
-
-def _sample_batch(ds: Dataset, n: int, seed: int, pool: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """n class-stratified training images in [0, 1] with labels, drawn from `pool` (training indices; default all)."""
-    pool = torch.arange(len(ds.train)) if pool is None else pool
-    idx = pool[stratified_indices(ds.train.y[pool], n, seed)]
-    if isinstance(ds.train, TensorSplit):
-        return ds.train.x[idx].float() / 255.0, ds.train.y[idx]
-    items = [ds.train[i] for i in idx.tolist()]
-    return torch.stack([a for a, _ in items]), torch.tensor([b for _, b in items])
-
-
-def training_indices(ds: Dataset, cfg: TrainConfig) -> Tensor:
-    """Indices of the training images a run uses: all of them, or its fixed stratified train_subset."""
-    if cfg.train_subset is None:
-        return torch.arange(len(ds.train))
-    if cfg.train_subset > len(ds.train):
-        raise ConfigError(f"--train-subset {cfg.train_subset} exceeds the {len(ds.train)} training images")
-    return stratified_indices(ds.train.y, cfg.train_subset, cfg.seed)
-
-
-def make_optimisers(model: JpegModel, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
-    """SGD with momentum for the backbone; a separate Adam for the JPEG tables (DESIGN.md §3)."""
-    decay = [p for p in model.backbone_parameters() if p.ndim > 1]
-    no_decay = [p for p in model.backbone_parameters() if p.ndim <= 1]
-    opts: list[torch.optim.Optimizer] = [torch.optim.SGD(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, momentum=cfg.momentum)]
-    if model.jpeg_parameters():
-        opts.append(torch.optim.Adam(model.jpeg_parameters(), lr=cfg.jpeg_lr, weight_decay=cfg.jpeg_weight_decay))
-    return opts
-
-
-def backbone_lr(cfg: TrainConfig, epoch: int) -> float:
-    """Step schedule: lr * 0.1 per milestone passed; a pure function of the epoch, so resume needs no scheduler object."""
-    return cfg.lr * 0.1 ** sum(epoch >= m for m in cfg.milestones)
-
 
 # --- batches -------------------------------------------------------------------------------------
 

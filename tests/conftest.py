@@ -116,11 +116,11 @@ def mnist_jpeg_run(tmp_path_factory) -> dict:
 @pytest.fixture(scope="session")
 def cifar_jpeg_test_set(cifar_jpeg_test_tar, tmp_path_factory) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """The CIFAR-10 JPEG test set decoded once per session: (uint8 NCHW [10000,3,32,32], labels, class names)."""
-    from robustjpeg.data import datasets as data
+    from robustjpeg.data import sources
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("ROBUSTJPEG_CACHE", str(tmp_path_factory.mktemp("decoded")))
-        pixels, names = data.decode_cached(cifar_jpeg_test_tar)
+        pixels, names = sources.decode_cached(cifar_jpeg_test_tar)
     classes = sorted(set(names))
     labels = torch.tensor([classes.index(n) for n in names])
     return torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous(), labels, classes

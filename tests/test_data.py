@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from robustjpeg.data import datasets as data
+from robustjpeg.data import sources, splits
 from robustjpeg.errors import BadInput, DatasetNotFound, UnknownName
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -103,7 +104,7 @@ def test_channel_stats_match_a_direct_float_computation(photos):
 
 
 def test_cifar10_jpeg_test_tar_decodes_to_10000_images_and_is_cached(cifar_jpeg_test_tar, cache_dir):
-    x, classes = data.decode_cached(cifar_jpeg_test_tar)
+    x, classes = sources.decode_cached(cifar_jpeg_test_tar)
     assert x.shape == (10000, 32, 32, 3) and x.dtype == np.uint8
     assert sorted(set(classes))[:2] == ["airplane", "automobile"] and classes.count("truck") == 1000
     with tarfile.open(cifar_jpeg_test_tar) as tf:
@@ -111,7 +112,7 @@ def test_cifar10_jpeg_test_tar_decodes_to_10000_images_and_is_cached(cifar_jpeg_
         direct = np.asarray(Image.open(io.BytesIO(tf.extractfile(first).read())).convert("RGB"))
     assert first.name.endswith("airplane/0000.jpg") and np.array_equal(x[0], direct)
     assert len(list(cache_dir.glob("*.npz"))) == 1
-    again, _ = data.decode_cached(cifar_jpeg_test_tar)
+    again, _ = sources.decode_cached(cifar_jpeg_test_tar)
     assert np.array_equal(again, x)
 
 
@@ -192,8 +193,8 @@ def test_file_based_splits_batch_in_the_seeded_order_and_feed_eval_tensors(tiny_
 
     files = sorted((tiny_imagefolder / "train").rglob("*.jpg"))
     labels = [sorted({f.parent.name for f in files}).index(f.parent.name) for f in files]
-    split = data.ImageSplit(files, labels, transforms.ToTensor())
-    ds = data.Dataset("tiny", [str(i) for i in range(10)], data.IMAGENET_MEAN, data.IMAGENET_STD, "fine", split, split)
+    split = splits.ImageSplit(files, labels, transforms.ToTensor())
+    ds = data.Dataset("tiny", [str(i) for i in range(10)], sources.IMAGENET_MEAN, sources.IMAGENET_STD, "fine", split, split)
     cfg = TrainConfig(dataset="tiny", batch_size=16, workers=0).resolved("fine")
     batches = Batches(ds, cfg, torch.device("cpu"))
     gen = torch.Generator().manual_seed(3)

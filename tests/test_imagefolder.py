@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from robustjpeg.data import datasets as data
-from robustjpeg.data import splits
+from robustjpeg.data import sources, splits
 from robustjpeg.data.imagefiles import ImageFiles
 from robustjpeg.data.preprocess import Preprocess
 from robustjpeg.errors import BadInput, DatasetNotFound
@@ -172,7 +172,7 @@ def test_large_photos_train_on_random_resized_crops_and_test_on_a_centre_crop(fl
     _write(tmp_path / "flowers" / "train", flower_members, 10)
     _write(tmp_path / "flowers" / "test", flower_members, 3)
     ds = data.training_dataset(data.load_dataset(f"imagefolder:{tmp_path / 'flowers'}"), Preprocess(input_size=96))
-    assert ds.family == "fine" and isinstance(ds.train, data.ImageSplit) and ds.input_size == 96
+    assert ds.family == "fine" and isinstance(ds.train, splits.ImageSplit) and ds.input_size == 96
     torch.manual_seed(0)
     first, again = ds.train[0][0], ds.train[0][0]
     assert first.shape == (3, 96, 96) and not torch.equal(first, again), "training crops should differ per draw"
@@ -211,9 +211,9 @@ def test_flowers102_reads_torchvision_original_files(flower_members, tmp_path, m
     assert ds.train.y.tolist() == ds.val.y.tolist() == ds.test.y.tolist() == [0, 1]
     assert ds.classes[:2] == ["pink primrose", "hard-leaved pocket orchid"]
     subset = data.eval_subset(ds, None, seed=0)
-    from_tar = data.eval_subset(data.Dataset("tar", ds.classes, None, None, "fine", None, data.ImageSplit(
+    from_tar = data.eval_subset(data.Dataset("tar", ds.classes, None, None, "fine", None, splits.ImageSplit(
         ImageFiles(tmp_path, [f"flowers-102/jpg/image_0000{k}.jpg" for k in (3, 6)], ["001", "002"]), [0, 1]),
-        preprocess=data.FINE_PREPROCESS), None, seed=0)
+        preprocess=sources.FINE_PREPROCESS), None, seed=0)
     assert subset.x.shape == (2, 3, 224, 224) and torch.equal(subset.x, from_tar.x)
 
 

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from robustjpeg.data import datasets as data
+from robustjpeg.data import sources
 from robustjpeg.errors import UnknownName
 from robustjpeg.models import factory as models
 from robustjpeg.models.jpeg import JpegLayer
@@ -50,7 +51,7 @@ def test_resnet20_loads_the_third_party_checkpoint_strictly_and_classifies_cifar
     pixels, labels, _ = cifar_jpeg_test_set
     idx = data.stratified_indices(labels, 500, seed=0)
     x = pixels[idx].float() / 255
-    model = models.JpegModel(None, backbone, data.IMAGENET_MEAN, data.IMAGENET_STD).eval()
+    model = models.JpegModel(None, backbone, sources.IMAGENET_MEAN, sources.IMAGENET_STD).eval()
     with torch.no_grad():
         acc = (model(x).argmax(1) == labels[idx]).float().mean().item()
     # The checkpoint's README reports about 81% on this JPEG test set; 0.70 leaves room for a 500-image sample.
@@ -85,12 +86,12 @@ def test_jpeg_layer_runs_in_float32_even_under_bf16_autocast():
 
 
 def test_model_spec_survives_json_and_rebuilds_the_same_architecture():
-    spec = models.ModelSpec("resnet20", 10, 3, data.IMAGENET_MEAN, data.IMAGENET_STD, 32)
+    spec = models.ModelSpec("resnet20", 10, 3, sources.IMAGENET_MEAN, sources.IMAGENET_STD, 32)
     again = models.ModelSpec.from_dict(json.loads(json.dumps(spec.to_dict())))
     assert again == spec and again.variant == "baseline"
     a, b = models.build_model(spec), models.build_model(again)
     assert a.state_dict().keys() == b.state_dict().keys()
-    torch.testing.assert_close(a.normalize.std.flatten(), torch.tensor(data.IMAGENET_STD))
+    torch.testing.assert_close(a.normalize.std.flatten(), torch.tensor(sources.IMAGENET_STD))
 
 
 def test_jpeg_spec_rebuilds_a_layer_with_the_same_config():

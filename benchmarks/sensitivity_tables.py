@@ -23,12 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from robustjpeg.data.datasets import augment, eval_tensors, load_dataset, stratified_indices
-from robustjpeg.models.jpeg import (
-    JpegLayer,
-    init_sensitivity,
-    matched_quality,
-    standard_tables,
-)
+from robustjpeg.models.codec import matched_quality, standard_tables
+from robustjpeg.models.jpeg import JpegLayer, init_sensitivity
 from robustjpeg.models.loading import load_model
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -271,7 +271,7 @@ def _check_init(bench: Benchmark, entry: ModelEntry, earlier: list[ModelEntry]) 
 def resolve_match(entry: ModelEntry, checkpoints: dict[str, Path], log: Log) -> ModelEntry:
     """Replace jpeg_quality = "match:NAME" by the quality closest to NAME's learned tables."""
     from robustjpeg.models.checkpoints import load_trained
-    from robustjpeg.models.jpeg import matched_quality
+    from robustjpeg.models.codec import matched_quality
 
     source = _match_source(entry)
     if source is None:

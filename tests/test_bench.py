@@ -17,7 +17,7 @@ from robustjpeg.bench import DEFAULT_FILE, Log, load_benchmark, train_config, tr
 from robustjpeg.cli import EXIT_CRASH, EXIT_REGRESSION, EXIT_USAGE, main
 from robustjpeg.errors import ConfigError
 from robustjpeg.evaluation.verdict import GRADIENT_MASKING, MASKING_CHECKS
-from robustjpeg.models.jpeg import CHROMA_TABLE, LUMA_TABLE
+from robustjpeg.models.codec import CHROMA_TABLE, LUMA_TABLE
 
 from conftest import one_thread
 

@@ -14,20 +14,16 @@ from torch import nn
 from torch.func import functional_call
 
 from robustjpeg.errors import BadInput, ConfigError, UnknownName
-from robustjpeg.models.jpeg import (
-    JpegLayer,
+from robustjpeg.models.codec import (
     block_dct,
     block_idct,
-    init_abs_avg,
-    init_sensitivity,
-    jpeg_layers,
-    jpeg_mode,
     matched_quality,
     rgb_to_ycbcr,
     soft_quantize,
     standard_tables,
     ycbcr_to_rgb,
 )
+from robustjpeg.models.jpeg import JpegLayer, init_abs_avg, init_sensitivity, jpeg_layers, jpeg_mode
 
 SIZE = 256
 CODEC_BITS = 12  # a baseline JPEG's full index range; the paper's 8 bits saturate bright/dark DC at q >= ~80

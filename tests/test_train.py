@@ -17,8 +17,8 @@ from robustjpeg import cli
 from robustjpeg.data.datasets import load_dataset
 from robustjpeg.errors import CheckpointError, ConfigError, RunFolderError
 from robustjpeg.models.checkpoints import load_trained
+from robustjpeg.models.codec import standard_tables
 from robustjpeg.models.factory import build_model
-from robustjpeg.models.jpeg import standard_tables
 from robustjpeg.training import setup as training_setup
 from robustjpeg.training.config import TrainConfig
 from robustjpeg.training.loop import evaluate, train

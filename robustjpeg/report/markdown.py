@@ -262,7 +262,7 @@ def _status(status: str) -> str:
 
 
 def _tables_figure(run: Run, out: Path) -> str:
-    from robustjpeg.models.jpeg import standard_tables
+    from robustjpeg.models.codec import standard_tables
 
     spec = (run.facts.get("model") or {}).get("spec") or {}
     layer = spec.get("jpeg") or {}

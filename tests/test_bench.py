@@ -13,7 +13,8 @@ import pytest
 import torch
 
 import robustjpeg
-from robustjpeg.bench import DEFAULT_FILE, Log, load_benchmark, train_config, train_models
+from robustjpeg.bench import Log, train_config, train_models
+from robustjpeg.benchfile import DEFAULT_FILE, load_benchmark
 from robustjpeg.cli import EXIT_CRASH, EXIT_REGRESSION, EXIT_USAGE, main
 from robustjpeg.errors import ConfigError
 from robustjpeg.evaluation.verdict import GRADIENT_MASKING, MASKING_CHECKS

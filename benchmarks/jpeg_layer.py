@@ -15,45 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robustjpeg.models.factory import create_model
 from robustjpeg.models.jpeg import JpegLayer
-
-
-class _Block(nn.Module):
-    """Basic residual block with the option-A shortcut (stride-2 subsample, zero-padded channels)."""
-
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.pad = cout - cin
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
-        short = x if self.pad == 0 else F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad // 2, self.pad // 2))
-        return F.relu(out + short)
-
-
-def _local_resnet20() -> nn.Module:
-    """Minimal CIFAR ResNet-20 (He et al. 2016, option A), used when robustjpeg.models.factory is not available."""
-    layers: list[nn.Module] = [nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU()]
-    cin = 16
-    for cout, stride in ((16, 1), (32, 2), (64, 2)):
-        for i in range(3):
-            layers.append(_Block(cin, cout, stride if i == 0 else 1))
-            cin = cout
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10)]
-    return nn.Sequential(*layers)
-
-
-def resnet20() -> tuple[nn.Module, str]:
-    """The project's ResNet-20 when its models module exists, else the local minimal one."""
-    try:
-        from robustjpeg.models.factory import create_model
-    except ImportError:
-        return _local_resnet20(), "local minimal ResNet-20"
-    return create_model("resnet20"), "robustjpeg.models.factory resnet20"
 
 
 def layer_step(x: torch.Tensor) -> Callable[[], None]:
@@ -105,9 +68,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model, model_name = resnet20()
+    model = create_model("resnet20")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; layer: soft mode, q=50 tables; "
-          f"kornia: jpeg_codec_differentiable(quality=50); backbone: {model_name}")
+          f"kornia: jpeg_codec_differentiable(quality=50); backbone: the package's resnet20")
 
     x32 = torch.rand(256, 3, 32, 32)
     t32 = interleaved_best(

@@ -346,3 +346,20 @@ def test_a_model_trained_on_mixed_sizes_stores_its_test_resize_and_eval_reuses_i
     _, info = load_model(summary["checkpoint"])
     subset = data.eval_subset(data.load_dataset(f"imagefolder:{root}"), None, 0, Preprocess.from_dict(info.preprocess))
     assert subset.facts["resized_in_data"] == expected and subset.x.shape[1:] == (3, 32, 32)
+
+
+def test_bench_sweeps_a_model_trained_on_mixed_sizes_at_its_own_crop(cifar_members, tmp_path):
+    """The Flowers-102 study's path in miniature: train at a chosen crop in a benchmark, sweep at that crop."""
+    from robustjpeg.cli import main
+
+    root = tmp_path / "mixed"
+    _write(root / "train", cifar_members, 4, _bicubic_copy)
+    _write(root / "test", cifar_members[::5], 2, _bicubic_copy)
+    bench = tmp_path / "bench.toml"
+    bench.write_text(f'[benchmark]\nname = "crop"\nnum_examples = 10\nsuites = ["paper"]\n\n'
+                     f'[data]\ndataset = "imagefolder:{root.as_posix()}"\n\n[[models]]\nname = "small"\n'
+                     'train = { arch = "resnet20", epochs = 1, input_size = 24, resize = 28, workers = 0 }\n')
+    assert main(["bench", str(bench), "-o", str(tmp_path / "out"), "--device", "cpu"]) in (0, 4)
+    (run,) = (tmp_path / "out" / "runs").glob("small/*/paper/run.json")
+    facts = json.loads(run.read_text())["data"]
+    assert facts["shape"] == [3, 24, 24] and facts["resized_in_data"]["resize"] == 28, facts

@@ -7,11 +7,11 @@ import re
 
 import numpy as np
 import pytest
+import torch
 
 from robustjpeg.cli import EXIT_OK, EXIT_USAGE, main
 from robustjpeg.errors import RunFolderError
 from robustjpeg.evaluation.verdict import MASKING_CHECKS
-from robustjpeg.models.info import ModelInfo
 from robustjpeg.report.markdown import combined_worst_case, write_report
 from robustjpeg.report.runs import load_run, load_runs
 from robustjpeg.utils.formatting import budget
@@ -128,6 +128,7 @@ def real_report(request, tmp_path_factory):
     from robustjpeg.data.datasets import eval_tensors, load_dataset
     from robustjpeg.evaluation.sweep import SweepConfig, load_suite, run_sweep
     from robustjpeg.models.checkpoints import load_trained
+    from robustjpeg.models.loading import load_model
 
     from conftest import one_thread
 
@@ -138,9 +139,24 @@ def real_report(request, tmp_path_factory):
     runs = {"jpeg-soft": None, "jpeg-hard": "hard"}
     with one_thread():
         for name, mode in runs.items():
-            run_sweep(model, x, y, load_suite(base / "tiny.toml"), base / name, SweepConfig(progress=False, indices=idx, dataset="mnist5k", jpeg_mode=mode), model_info=ModelInfo(name, spec=spec.to_dict()))
+            info = load_model(trained["checkpoint"], name=name)[1]
+            run_sweep(model, x, y, load_suite(base / "tiny.toml"), base / name,
+                      SweepConfig(progress=False, indices=idx, dataset="mnist5k", jpeg_mode=mode), model_info=info)
     path = write_report([base / name for name in runs], base / "report")
     return path, {name: json.loads((base / name / "results.json").read_text()) for name in runs}
+
+
+def test_step_table_counts_moved_and_soft_steps_of_the_trained_layer(real_report, mnist_jpeg_run):
+    ckpt = torch.load(mnist_jpeg_run["checkpoint"], weights_only=True)
+    now = ckpt["state_dict"]["jpeg.tables"].clamp(1e-5, 255.0).numpy()[:1]  # one grey table
+    start = np.asarray(ckpt["jpeg_start_tables"], dtype=float)[:1]
+    alpha = ckpt["model_spec"]["jpeg"]["alpha"]
+    row = next(line for line in real_report[0].read_text().splitlines() if line.startswith("| jpeg-soft | learned"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    moved = int((np.abs(now - start) > 0.05 * start).sum())
+    soft = (int((alpha * start**2 < 20).sum()), int((alpha * now**2 < 20).sum()))
+    assert cells[5] == f"{moved} of 64" and cells[6] == f"{soft[0]} -> {soft[1]} of 64", cells
+    assert float(cells[4]) == pytest.approx(float(np.abs(now - start).max()), rel=1e-2)
 
 
 def test_report_of_a_real_sweep_matches_its_results(real_report):

@@ -32,7 +32,8 @@ class ModelInfo:
     defended: bool = False
     complete: bool | None = None
     epoch: int | None = None
-    jpeg_tables: list | None = None
+    jpeg_tables: dict | None = None  # the first JPEG layer's steps as evaluated: {luma: 8x8, chroma: 8x8 or None}
+    jpeg_start_tables: list | None = None  # the steps its training started from, [T][8][8] (our checkpoints)
 
     def to_dict(self) -> dict[str, Any]:
         """The plain-JSON form run.json stores under "model" (every field, None included)."""

@@ -227,7 +227,7 @@ def _load_ours(path: Path, ckpt: dict, arch, mean, std, info: ModelInfo) -> tupl
     return model, replace(info, name=file_label(stem, info.sha256), format="robustjpeg", arch=spec.arch,
                           spec=spec.to_dict(), num_classes=spec.num_classes, mean=list(spec.mean), std=list(spec.std),
                           input_size=spec.input_size, complete=ckpt.get("complete"), epoch=ckpt.get("epoch"),
-                          preprocess=spec.preprocess)
+                          preprocess=spec.preprocess, jpeg_start_tables=ckpt.get("jpeg_start_tables"))
 
 
 # --- architectures and key matching -------------------------------------------------------------------

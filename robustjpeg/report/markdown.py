@@ -19,6 +19,7 @@ from robustjpeg.utils.io import atomic_write_json, atomic_write_text
 AUTOATTACK_KINDS = ("autoattack",)  # the official AutoAttack (pyautoattack); torchattacks' 10-step copy is not one
 CURVES, BARS, TREND = "accuracy-vs-budget.png", "clean-vs-robust.png", "trend.png"
 SUITES = "worst-case-by-suite.png"
+SOFT = 20.0  # alpha q^2 below this: a soft step, whose quantiser passes a gradient (hard steps mask it)
 
 
 def write_report(run_dirs: list[Path], out: Path, history: Path | None = None) -> Path:
@@ -46,7 +47,8 @@ def markdown_sections(runs: list[Run]) -> str:
 def _run_sections(runs: list[Run], out: Path) -> list[str]:
     plots.accuracy_curves(runs, out / CURVES)
     plots.clean_vs_robust(runs, out / BARS)
-    tables = [_tables_figure(r, out) for r in runs if r.jpeg_tables]
+    jpeg_runs = [r for r in runs if r.jpeg_tables]
+    tables = [_steps_table(jpeg_runs)] + [_tables_figure(r, out) for r in jpeg_runs] if jpeg_runs else []
     files = [_write_robustbench(r, out) for r in runs]
     return [_warning(runs), _summary(runs), _across_seeds(runs), _across_suites(runs, out), _image("Clean and robust accuracy", BARS),
             _by_budget(runs),
@@ -261,16 +263,49 @@ def _status(status: str) -> str:
     return f"**{status}**" if status == "FAIL" else status
 
 
+def _layer(run: Run) -> dict:
+    return ((run.facts.get("model") or {}).get("spec") or {}).get("jpeg") or {}
+
+
 def _tables_figure(run: Run, out: Path) -> str:
     from robustjpeg.models.codec import standard_tables
 
-    spec = (run.facts.get("model") or {}).get("spec") or {}
-    layer = spec.get("jpeg") or {}
+    layer = _layer(run)
     quality = int(layer.get("quality") or 50)
     whose = "learned" if layer.get("trainable", True) else "fixed (not trained)"
     name = f"jpeg-tables-{fmt.slug(run.label)}.png"
     plots.jpeg_tables(run, np.asarray(standard_tables(quality), dtype=float), quality, whose, out / name)
     return _image(f"{run.label}: {whose} JPEG step tables beside the standard ones", name)
+
+
+def _steps_table(runs: list[Run]) -> str:
+    """Per JPEG model: its steps against the ones its training started from, and how many stay soft."""
+    rows = []
+    for run in runs:
+        now = np.array([t for t in (run.jpeg_tables["luma"], run.jpeg_tables.get("chroma")) if t is not None], float)
+        start = (run.facts.get("model") or {}).get("jpeg_start_tables")
+        start = np.asarray(start, float)[: len(now)] if start is not None else None
+        hard = step_hardness(now, _layer(run))
+        moved = "n/a" if start is None else f"{float(np.abs(now - start).max()):.3g}"
+        share = "n/a" if start is None else f"{int((np.abs(now - start) > 0.05 * start).sum())} of {now.size}"
+        soft_start = "n/a" if start is None else str(int((step_hardness(start, _layer(run)) < SOFT).sum()))
+        rows.append([run.label, "learned" if _layer(run).get("trainable", True) else "fixed",
+                     "n/a" if start is None else f"{float(np.median(start[0])):.3g}", f"{float(np.median(now[0])):.3g}",
+                     moved, share, f"{soft_start} -> {int((hard < SOFT).sum())} of {now.size}",
+                     f"{float(np.median(hard)):.3g}"])
+    return (f"Steps at the start of training and as evaluated; a step is soft when alpha q^2 < {SOFT:g} (the soft "
+            "quantiser's input gradient is not near zero), moved when it changed by more than 5%:\n\n"
+            + fmt.table(["model", "tables", "median luma step, start", "median luma step, now", "largest change",
+                         "steps moved", "soft steps, start -> now", "median alpha q^2"], rows))
+
+
+def step_hardness(steps: np.ndarray, layer: dict) -> np.ndarray:
+    """alpha q^2 per step: how hard the soft quantiser is there (the paper's hardness; alpha = h / q^2 when set)."""
+    if layer.get("hardness") is not None:
+        return np.full(steps.shape, float(layer["hardness"]))
+    alpha = np.asarray(layer.get("alpha", 5.0) if layer.get("alpha") is not None else 5.0, float)
+    alpha = alpha[: len(steps)] if alpha.ndim == 3 else alpha
+    return alpha * steps**2
 
 
 def _jpeg_section(images: list[str]) -> str:

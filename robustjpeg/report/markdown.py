@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from robustjpeg.attacks.adapters import ATTACKS
 from robustjpeg.evaluation.results import robust_record
 from robustjpeg.evaluation.verdict import MASKING_CHECKS
 from robustjpeg.report import plots
@@ -16,7 +17,6 @@ from robustjpeg.report.runs import Run, load_runs, model_labels, record_at, wors
 from robustjpeg.utils import formatting as fmt
 from robustjpeg.utils.io import atomic_write_json, atomic_write_text
 
-AUTOATTACK_KINDS = ("autoattack",)  # the official AutoAttack (pyautoattack); torchattacks' 10-step copy is not one
 CURVES, BARS, TREND = "accuracy-vs-budget.png", "clean-vs-robust.png", "trend.png"
 SUITES = "worst-case-by-suite.png"
 SOFT = 20.0  # alpha q^2 below this: a soft step, whose quantiser passes a gradient (hard steps mask it)
@@ -329,6 +329,12 @@ def _facts(runs: list[Run], out: Path) -> str:
     return "## Run facts\n\n" + fmt.table([""] + [r.label for r in runs], rows)
 
 
+def _official_autoattack(kind: str | None) -> bool:
+    """Whether a cell's attack is the official AutoAttack (pyautoattack; torchattacks' 10-step copy is not), as its
+    adapter class declares."""
+    return kind in ATTACKS and ATTACKS.get(kind).official_autoattack
+
+
 def robustbench_entry(run: Run) -> dict:
     """RobustBench-style model card: percentages as strings with two decimals, plus our reliability fields."""
     entry = {"name": run.label, "model": run.model, "dataset": run.dataset, "threat_model": "Linf",
@@ -337,7 +343,7 @@ def robustbench_entry(run: Run) -> dict:
              **run.verdict.to_dict()}
     if run.robust_standard is not None:
         entry.update(_card_accuracy("robust_acc", run.robust_standard))
-    auto = record_at([c for c in run.results["cells"] if c.get("kind") in AUTOATTACK_KINDS], "Linf", run.standard_eps)
+    auto = record_at([c for c in run.results["cells"] if _official_autoattack(c.get("kind"))], "Linf", run.standard_eps)
     if auto is not None:
         entry.update(_card_accuracy("autoattack_acc", auto))
     return entry

@@ -98,3 +98,17 @@ def test_a_standard_budget_outside_the_grid_is_refused_before_any_work(tmp_path,
                  "-o", str(tmp_path / "run")]) == EXIT_USAGE
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "the standard budget 0.2 is not in the budget grid 0, 0.1" in err
+
+
+def test_sweep_defended_flag_reaches_run_json_and_check_13_expects_no_collapse(mnist_baseline_run, tmp_path):
+    import json
+
+    suite = tmp_path / "tiny.toml"
+    suite.write_text('name = "tiny"\neps = ["0", "0.3"]\nstandard_eps = "0.3"\n\n[[attacks]]\nname = "fgsm"\nkind = "fgsm"\n')
+    for flags, name in (([], "plain"), (["--defended"], "defended")):
+        assert main(["sweep", str(mnist_baseline_run["checkpoint"]), "--dataset", "mnist5k", "-n", "20",
+                     "--suite", str(suite), "-o", str(tmp_path / name), "--device", "cpu", *flags]) in (0, 4)
+    run = {n: json.loads((tmp_path / n / "run.json").read_text()) for n in ("plain", "defended")}
+    checks = {n: {c["id"]: c for c in json.loads((tmp_path / n / "results.json").read_text())["checks"]} for n in run}
+    assert run["defended"]["model"]["defended"] is True and run["plain"]["model"]["defended"] is False
+    assert checks["defended"][13]["status"] == "SKIP" and checks["plain"][13]["status"] != "SKIP"

@@ -119,6 +119,17 @@ def test_model_spec_toml_names_checkpoint_relative_to_itself(wrapped_file, net, 
     assert holds_weights_of(model, net)
 
 
+def test_a_model_is_marked_defended_by_its_spec_or_by_the_caller(wrapped_file, tmp_path):
+    spec = tmp_path / "robust.toml"
+    spec.write_text(f'checkpoint = "{wrapped_file.name}"\narch = "{ARCH}"\nnum_classes = 7\ndefended = true\n')
+    assert load_model(spec)[1].defended is True
+    assert load_model(wrapped_file, arch=ARCH)[1].defended is False
+    assert load_model(wrapped_file, arch=ARCH, defended=True)[1].defended is True
+    spec.write_text(f'checkpoint = "{wrapped_file.name}"\narch = "{ARCH}"\ndefended = "yes"\n')
+    with pytest.raises(ConfigError, match="defended"):
+        load_model(spec)
+
+
 def test_flags_win_over_the_model_spec(wrapped_file, tmp_path):
     spec = tmp_path / "model.toml"
     spec.write_text(f'checkpoint = "{wrapped_file.name}"\narch = "{ARCH}"\n')

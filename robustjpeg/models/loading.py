@@ -164,7 +164,8 @@ def read_model_spec(path: Path) -> dict[str, Any]:
         raise ConfigError(f"model spec {path}: unknown keys {unknown}; known: {', '.join(SPEC_KEYS)}{hint}")
     if "checkpoint" not in spec:
         raise ConfigError(f"model spec {path} needs checkpoint = \"FILE\" or \"robustbench:NAME\"")
-    wrong = [f"{k} = {v!r}" for k, v in spec.items() if not isinstance(v, SPEC_KEYS[k]) or isinstance(v, bool)]
+    wrong = [f"{k} = {v!r}" for k, v in spec.items()  # a TOML true is an int to Python: only `defended` takes it
+             if not isinstance(v, SPEC_KEYS[k]) or (isinstance(v, bool) and SPEC_KEYS[k] is not bool)]
     if wrong:
         raise ConfigError(f"model spec {path}: wrong type for {', '.join(wrong)} (see the format in robustjpeg.models.loading)")
     return _resolve_spec_paths(spec, path.parent)

@@ -148,8 +148,11 @@ def test_run_folder_follows_the_contract(deterministic_runs):
 
 @pytest.mark.parametrize("cascade", [False, True])
 def test_kill_and_resume_give_identical_results(tmp_path, kill_pgd_after, cascade):
-    pgd = {"name": "pgd", "kind": "pgd", "steps": 4, "restarts": 2}
-    suite = load_suite(write_suite(tmp_path, suite_toml(["0", "4/255", "16/255", "48/255"], FGSM, pgd, cascade=cascade)))
+    """A minimum-norm attack in the suite too: under cascade its cell is finished first and reused by the resume."""
+    pgd, pgd_l2 = {"name": "pgd", "kind": "pgd", "steps": 4, "restarts": 2}, {"name": "pgd-l2", "kind": "pgd", "norm": "L2"}
+    suite = load_suite(write_suite(tmp_path, suite_toml(["0", "4/255", "16/255", "48/255"], FGSM, pgd, pgd_l2,
+                                                        {"name": "ddn", "kind": "ddn", "steps": 10},
+                                                        l2_eps=[0.0, 0.5, 1.0], cascade=cascade)))
     model, (x, y) = trained_cnn(), eval_set(40)
     whole = run_sweep(model, x, y, suite, tmp_path / "whole", seed=3, progress=False)
     kill_pgd_after(3)

@@ -174,18 +174,21 @@ PGD_L2 = {"name": "pgd-l2", "kind": "pgd", "norm": "L2", "steps": 20}
 DDN = {"name": "ddn", "kind": "ddn", "steps": 50}
 
 
-def test_a_weak_minimum_norm_attack_fails_the_agreement_check_and_is_named_by_the_optimality_check(tmp_path):
+@pytest.mark.parametrize("cascade", [False, True])
+def test_a_weak_minimum_norm_attack_fails_the_agreement_check_and_is_named_by_the_optimality_check(cascade, tmp_path):
     suite = load_suite(write_suite(tmp_path, suite_toml(["0"], {"name": "fgsm", "kind": "fgsm"}, PGD_L2, WEAK_CW,
-                                                        l2_eps=[0.0, 1.0, 2.0, 3.0])))
+                                                        l2_eps=[0.0, 1.0, 2.0, 3.0], cascade=cascade)))
     checks = _status(_sweep(trained_cnn(), *eval_set(40), suite, tmp_path))
     assert checks[18]["status"] == "FAIL" and "minimum-norm too weak" in checks[18]["detail"], checks[18]
     assert checks[17]["status"] == "WARN" and "far from the best: cw" in checks[17]["detail"], checks[17]
 
 
-def test_a_weak_fixed_budget_attack_fails_the_agreement_check_the_other_way(tmp_path):
+@pytest.mark.parametrize("cascade", [False, True])
+def test_a_weak_fixed_budget_attack_fails_the_agreement_check_the_other_way(cascade, tmp_path):
+    """Under cascade DDN runs first and the weak PGD never sees what DDN broke: check 18 probes those samples."""
     weak = {**PGD_L2, "steps": 1, "rel_stepsize": 0.05, "random_start": False}
     suite = load_suite(write_suite(tmp_path, suite_toml(["0"], {"name": "fgsm", "kind": "fgsm"}, weak, DDN,
-                                                        l2_eps=[0.0, 1.0, 2.0, 3.0])))
+                                                        l2_eps=[0.0, 1.0, 2.0, 3.0], cascade=cascade)))
     checks = _status(_sweep(trained_cnn(), *eval_set(40), suite, tmp_path))
     share = checks[18]["value"]
     assert checks[18]["status"] == "FAIL" and share > 0.03, checks[18]

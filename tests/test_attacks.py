@@ -129,3 +129,28 @@ def test_uniform_noise_is_fixed_by_its_seed_and_in_budget():
     a, b = (UniformNoise().perturb(None, x, y, 0.1, seed=5) for _ in range(2))
     assert torch.equal(a, b) and float((a - x).abs().max()) <= 0.1 + 1e-7
     assert not torch.equal(a, UniformNoise().perturb(None, x, y, 0.1, seed=6))
+
+
+def test_cascaded_standard_suite_runs_each_autoattack_part_once():
+    """Under cascade the official AutoAttack leaves out the parts the suite runs as cells of their own with its
+    settings (L2: APGD-CE and APGD-T; Linf: Square); without cascade it runs whole."""
+    from robustjpeg.sweep import autoattack_skip
+
+    suite = load_suite("standard")
+    entry = {s.name: s for s in suite.attacks}
+    assert autoattack_skip(suite, entry["autoattack-l2"]) == ("apgd-ce", "apgd-t")
+    assert autoattack_skip(suite, entry["autoattack"]) == ("square",)
+    full = load_suite("standard")
+    full.cascade = False
+    assert autoattack_skip(full, entry["autoattack"]) == () and autoattack_skip(full, entry["autoattack-l2"]) == ()
+
+
+def test_autoattack_without_its_gradient_parts_spends_no_backward_pass_and_still_breaks_digits():
+    from robustjpeg.sweep import PassCounter
+
+    model, (x, y) = trained_cnn(), eval_set(8)
+    tally = {"forward": 0, "backward": 0}
+    adv = AutoAttack().perturb(PassCounter(model, tally), x, y, 0.3, seed=0, skip=("apgd-ce", "apgd-t", "fab-t"))
+    assert tally["backward"] == 0 and tally["forward"] > 0, tally
+    assert float((adv - x).abs().max()) <= 0.3 + 1e-6
+    assert int((model(adv).argmax(1) != y).sum()) > int((model(x).argmax(1) != y).sum())

@@ -64,7 +64,8 @@ def test_sweep_spends_fewer_passes_than_naive_loop(deterministic_runs):
 
 def test_cascade_gives_the_full_worst_case_sample_by_sample_for_fewer_passes(deterministic_runs, tmp_path):
     """cascade = true on the same deterministic suite: every worst case is the full mode's, sample by sample; each
-    per-attack cell is the full mode's AND over that attack and the ones above it (of its norm); fewer passes."""
+    per-attack cell is the full mode's AND over that attack, the ones above it and the minimum-norm ones (of its
+    norm; those run first); fewer passes."""
     full, _, _, _ = deterministic_runs
     suite = load_suite(write_suite(tmp_path, DETERMINISTIC.replace('eps = [', 'cascade = true\neps = [', 1)))
     assert suite.cascade
@@ -77,11 +78,14 @@ def test_cascade_gives_the_full_worst_case_sample_by_sample_for_fewer_passes(det
     for key in (k for k in full.samples["cell_keys"] if k.startswith("pgd|")):
         budget = key.split("|", 1)[1]
         assert np.array_equal(cascade.cell(key), full.cell(f"fgsm|{budget}") & full.cell(key)), key
-    for key in (k for k in full.samples["cell_keys"] if k.startswith(("fgsm|", "pgd-l2|", "ddn|"))):
+    for key in (k for k in full.samples["cell_keys"] if k.startswith("pgd-l2|")):
+        budget = key.split("|", 1)[1]
+        assert np.array_equal(cascade.cell(key), full.cell(f"ddn|{budget}") & full.cell(key)), f"{key}: after DDN"
+    for key in (k for k in full.samples["cell_keys"] if k.startswith(("fgsm|", "ddn|"))):
         assert np.array_equal(cascade.cell(key), full.cell(key)), f"{key}: first of its norm, or minimum-norm"
-    spent = {name: sum(sum(m["passes"].values()) for m in cell_metas(run.folder) if m["attack"] == "pgd")
-             for name, run in (("full", full), ("cascade", cascade))}
-    assert spent["cascade"] < spent["full"], spent
+    spent = {name: {attack: sum(sum(m["passes"].values()) for m in cell_metas(run.folder) if m["attack"] == attack)
+                    for attack in ("pgd", "pgd-l2")} for name, run in (("full", full), ("cascade", cascade))}
+    assert all(spent["cascade"][a] < spent["full"][a] for a in ("pgd", "pgd-l2")), spent
     checks = {c["id"]: c for c in results["checks"]}
     assert checks[6]["status"] == "SKIP" and "cascade" in checks[6]["detail"]
 
@@ -145,8 +149,11 @@ def test_run_folder_follows_the_contract(deterministic_runs):
 
 @pytest.mark.parametrize("cascade", [False, True])
 def test_kill_and_resume_give_identical_results(tmp_path, kill_pgd_after, cascade):
-    pgd = {"name": "pgd", "kind": "pgd", "steps": 4, "restarts": 2}
-    suite = load_suite(write_suite(tmp_path, suite_toml(["0", "4/255", "16/255", "48/255"], FGSM, pgd, cascade=cascade)))
+    """A minimum-norm attack in the suite too: under cascade its cell is finished first and reused by the resume."""
+    pgd, pgd_l2 = {"name": "pgd", "kind": "pgd", "steps": 4, "restarts": 2}, {"name": "pgd-l2", "kind": "pgd", "norm": "L2"}
+    suite = load_suite(write_suite(tmp_path, suite_toml(["0", "4/255", "16/255", "48/255"], FGSM, pgd, pgd_l2,
+                                                        {"name": "ddn", "kind": "ddn", "steps": 10},
+                                                        l2_eps=[0.0, 0.5, 1.0], cascade=cascade)))
     model, (x, y) = trained_cnn(), eval_set(40)
     whole = run_sweep(model, x, y, suite, tmp_path / "whole", SweepConfig(seed=3, progress=False))
     kill_pgd_after(3)

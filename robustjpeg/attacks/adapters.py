@@ -56,6 +56,10 @@ class Attack:
         """Iterations spent per restart, used to order configurations of one kind (check 7): its steps, or 1."""
         return int(getattr(self, "steps", 1))
 
+    def autoattack_part(self) -> str | None:
+        """The part of the official AutoAttack (standard version) this configuration is exactly, or None."""
+        return None
+
 
 @ATTACKS.register("fgsm")
 @dataclass
@@ -155,7 +159,12 @@ def _pgd_step(x: Tensor, adv: Tensor, grad: Tensor, eps: float, alpha: float, no
 @ATTACKS.register("apgd")
 @dataclass
 class APGD(Attack):
-    """Auto-PGD from the official AutoAttack code (pyautoattack): cross-entropy or DLR loss, or targeted DLR (APGD-T)."""
+    """Auto-PGD from the official AutoAttack code (pyautoattack): cross-entropy or DLR loss, or targeted DLR (APGD-T).
+
+    Run whole on the samples the engine hands it (the survivors): its step size halves at checkpoints set by the
+    whole run's length, so stopping a sample early would change the attack; it already skips samples misclassified
+    at the start.
+    """
 
     NORMS = NORMS
     iterative = True
@@ -175,6 +184,11 @@ class APGD(Attack):
                                 device=x.device)
         return attack.perturb(x, y)
 
+    def autoattack_part(self) -> str | None:
+        if self.steps != 100:
+            return None
+        return "apgd-t" if self.targeted else ("apgd-ce" if self.loss == "ce" else None)
+
 
 def _classes(model: nn.Module, x: Tensor) -> int:
     with torch.no_grad():
@@ -184,17 +198,24 @@ def _classes(model: nn.Module, x: Tensor) -> int:
 @ATTACKS.register("autoattack")
 @dataclass
 class AutoAttack(Attack):
-    """The official AutoAttack, standard version (APGD-CE, APGD-T, FAB-T, Square; pyautoattack), Linf or L2."""
+    """The official AutoAttack, standard version (APGD-CE, APGD-T, FAB-T, Square; pyautoattack), Linf or L2.
+
+    Left whole on the survivors it is given: it is itself a cascade (each part on what the earlier ones failed on).
+    skip: parts it leaves out because the suite runs them, with its settings, as cells of their own (cascade).
+    """
 
     NORMS = NORMS
     iterative = True
     official_autoattack = True
     cheap = False
 
-    def perturb(self, model, x, y, eps, seed):
+    def perturb(self, model, x, y, eps, seed, skip: tuple[str, ...] = ()):
         from pyautoattack import AutoAttack as Official
 
         attack = Official(model, eps=eps, norm=self.norm, version="standard", seed=seed, device=x.device)
+        attack.attacks_to_run = [part for part in attack.attacks_to_run if part not in skip]
+        if not attack.attacks_to_run:
+            return x.clone()
         attack.verbose = False
         adv, _ = attack.run_standard_evaluation(x, y, batch_size=len(x))
         return adv
@@ -206,23 +227,31 @@ class AutoAttack(Attack):
 @ATTACKS.register("square")
 @dataclass
 class Square(Attack):
-    """Square attack (pyautoattack): score-based black box, margin loss, Linf or L2."""
+    """Square attack (pyautoattack): score-based black box, margin loss, Linf or L2.
+
+    Left whole: it already stops querying a sample once it is misclassified. rescale_schedule: the step schedule is
+    stretched to the query count (pyautoattack's default); AutoAttack's own Square has it off.
+    """
 
     NORMS = NORMS
     black_box = True
     cheap = False
     queries: int = 1000
     p_init: float = 0.8
+    rescale_schedule: bool = True
 
     def perturb(self, model, x, y, eps, seed):
         from pyautoattack.square import SquareAttack
 
         attack = SquareAttack(model, norm=self.norm, n_queries=self.queries, eps=eps, p_init=self.p_init, seed=seed,
-                              device=x.device)
+                              device=x.device, resc_schedule=self.rescale_schedule)
         return attack.perturb(x, y)
 
     def strength(self) -> int:
         return self.queries
+
+    def autoattack_part(self) -> str | None:
+        return "square" if (self.queries, self.p_init, self.rescale_schedule) == (5000, 0.8, False) else None
 
 
 @ATTACKS.register("noise")
@@ -258,7 +287,10 @@ def adv_lib_attacks():
 
 
 class MinimumNorm(Attack):
-    """A minimum-norm attack: the smallest perturbation it finds per sample; robust at eps iff that exceeds eps."""
+    """A minimum-norm attack: the smallest perturbation it finds per sample; robust at eps iff that exceeds eps.
+
+    Run whole, once per clean-correct sample: its later steps shrink a perturbation that already fools the model.
+    """
 
     minimum_norm = True
     iterative = True

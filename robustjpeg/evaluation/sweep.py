@@ -184,9 +184,10 @@ def perturbation_norm(delta: Tensor, norm: str) -> Tensor:
 
 
 def _budget_cells(engine: Engine, spec: AttackSpec, grid: list[float], store: CellStore,
-                  survivors: dict[float, Tensor] | None = None) -> dict[str, np.ndarray]:
+                  survivors: dict[float, Tensor] | None = None, skip: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
     """One fixed-budget attack over its norm's grid: a sample broken at a smaller budget is not attacked again, nor
-    (cascade: survivors given) one an earlier attack broke at this budget, so its cells say "robust after 1..k"."""
+    (cascade: survivors given) one an earlier attack broke at this budget, so its cells say "robust after 1..k".
+    skip: AutoAttack parts other cells run (autoattack_skip)."""
     adapter = spec.build()
     alive = engine.clean.clone()
     out, direction = {}, None
@@ -200,7 +201,7 @@ def _budget_cells(engine: Engine, spec: AttackSpec, grid: list[float], store: Ce
             if isinstance(adapter, FGSM) and direction is None:
                 direction = _fgsm_direction(engine, adapter, spec)
             idx = alive.nonzero().flatten()
-            perturb = _perturber(engine, spec, adapter, eps, direction)
+            perturb = _perturber(engine, spec, adapter, eps, direction, skip)
             alive[idx[engine.break_samples(spec, key, idx, eps, perturb, stats)]] = False
         meta = {"attack": spec.name, "kind": spec.kind, "norm": adapter.norm, "eps": eps, "stats": stats}
         return meta, {"robust": alive.cpu().numpy().copy()}
@@ -226,14 +227,18 @@ def _fgsm_direction(engine: Engine, adapter: FGSM, spec: AttackSpec) -> Tensor:
     return direction
 
 
-def _perturber(engine: Engine, spec: AttackSpec, adapter, eps: float, direction: Tensor | None = None):
-    """perturb(chunk, seed) for break_samples; PGD also gets the evaluated model's labels for its early exit."""
+def _perturber(engine: Engine, spec: AttackSpec, adapter, eps: float, direction: Tensor | None = None,
+               skip: tuple[str, ...] = ()):
+    """perturb(chunk, seed) for break_samples; PGD also gets the evaluated model's labels for its early exit, the
+    official AutoAttack the parts to leave out."""
     if direction is not None:
         return lambda chunk, seed: adapter.step(engine.x[chunk], direction[chunk], eps)
     craft = engine.craft_model(spec)
     if isinstance(adapter, PGD):
         judge = _judge(engine, spec)
         return lambda chunk, seed: adapter.perturb(craft, engine.x[chunk], engine.y[chunk], eps, seed, judge=judge)
+    if skip:
+        return lambda chunk, seed: adapter.perturb(craft, engine.x[chunk], engine.y[chunk], eps, seed, skip=skip)
     return lambda chunk, seed: adapter.perturb(craft, engine.x[chunk], engine.y[chunk], eps, seed)
 
 
@@ -300,27 +305,44 @@ def _distances(engine: Engine, spec: AttackSpec, adapter, stats: dict) -> np.nda
     return dist.cpu().numpy().astype(np.float32)
 
 
+def autoattack_skip(suite: Suite, spec: AttackSpec) -> tuple[str, ...]:
+    """Under cascade, the parts of an official AutoAttack entry that other entries of its norm, crafted the same way,
+    run with AutoAttack's own settings as cells of their own: it leaves them out, so no part runs twice on a sample
+    (AutoAttack is the cascade of its parts, and those cells run them on the same survivors)."""
+    if not (suite.cascade and spec.adapter.official_autoattack):
+        return ()
+    return tuple(part for s in suite.attacks if s is not spec and (s.norm, s.view, s.source, s.restarts) ==
+                 (spec.norm, spec.view, spec.source, 1) and (part := s.build().autoattack_part()))
+
+
 def _all_cells(engine: Engine, suite: Suite, store: CellStore):
-    """Run (or load) every cell, fixed-budget attacks in the suite's order (cascade: each on the survivors of the
-    earlier ones of its norm; minimum-norm attacks always on every clean-correct sample); returns per-sample outcomes,
-    each cell's spec and budget, skipped attacks, and the per-sample distances of every minimum-norm attack
+    """Run (or load) every cell, fixed-budget attacks in the suite's order (cascade: minimum-norm attacks first, then
+    each fixed-budget attack only on what they and the earlier ones of its norm left robust at that budget; without
+    cascade every attack on every clean-correct sample); returns per-sample outcomes and each cell's spec and budget
+    (both in the suite's order), skipped attacks, and the per-sample distances of every minimum-norm attack
     ({'attack|norm': array})."""
-    cells, where, skipped, distances = {}, {}, [], {}
+    found, skipped, distances = {}, [], {}
     survivors: dict[str, dict[float, Tensor]] = {}  # cascade: per norm and budget, what every earlier attack failed on
-    for spec in suite.attacks:
+    order = sorted(suite.attacks, key=lambda s: not s.adapter.minimum_norm) if suite.cascade else suite.attacks
+    for spec in order:
         if spec.source == "transfer" and engine.source is None:
             skipped.append({"attack": spec.name, "reason": "no transfer source model (pass --transfer-from CKPT)"})
             continue
         norm = spec.norm
         grid = suite.grid(norm)
         if spec.adapter.minimum_norm:
-            found, distances[str(CellKey(spec.name, norm))] = _distance_cells(engine, spec, grid, store)
+            found[spec.name], distances[str(CellKey(spec.name, norm))] = _distance_cells(engine, spec, grid, store)
         else:
-            found = _budget_cells(engine, spec, grid, store, survivors.get(norm))
-            if suite.cascade:
-                survivors[norm] = {e: torch.as_tensor(r, device=engine.device) for e, r in zip(grid, found.values())}
-        cells.update(found)
-        where.update({key: (spec, norm, eps) for key, eps in zip(found, grid)})
+            found[spec.name] = _budget_cells(engine, spec, grid, store, survivors.get(norm),
+                                             autoattack_skip(suite, spec))
+        if suite.cascade:
+            before = survivors.get(norm, {})
+            survivors[norm] = {e: torch.as_tensor(r, device=engine.device) & before.get(e, True)
+                               for e, r in zip(grid, found[spec.name].values())}
+    cells, where = {}, {}
+    for spec in (s for s in suite.attacks if s.name in found):
+        cells.update(found[spec.name])
+        where.update({key: (spec, spec.norm, eps) for key, eps in zip(found[spec.name], suite.grid(spec.norm))})
     return cells, where, skipped, distances
 
 
@@ -536,8 +558,9 @@ def _merge_stats(parts: list[dict]) -> dict:
     return out
 
 
-def _plain_torchattack(model: nn.Module, spec: AttackSpec, eps: float):
-    """The torchattacks object a plain loop would build for one attack at one budget."""
+def _plain_torchattack(model: nn.Module, spec: AttackSpec, eps: float, seed: int = 0):
+    """The torchattacks object a plain loop would build for one attack at one budget (the official AutoAttack is
+    not a torchattacks one: run it through pyautoattack)."""
     import torchattacks
 
     a = spec.build()
@@ -546,14 +569,20 @@ def _plain_torchattack(model: nn.Module, spec: AttackSpec, eps: float):
     if spec.kind == "pgd":
         cls = torchattacks.PGD if a.norm == "Linf" else torchattacks.PGDL2
         return cls(model, eps=eps, alpha=a.rel_stepsize * eps / a.steps, steps=a.steps, random_start=a.random_start)
-    raise ConfigError(f"the reference loop covers fgsm and pgd only, not {spec.kind!r} ({spec.name})")
+    if spec.kind == "apgd" and a.targeted:
+        return torchattacks.APGDT(model, norm=a.norm, eps=eps, steps=a.steps, seed=seed, n_classes=10)
+    if spec.kind == "apgd":
+        return torchattacks.APGD(model, norm=a.norm, eps=eps, steps=a.steps, seed=seed, loss=a.loss)
+    if spec.kind == "square":
+        return torchattacks.Square(model, norm=a.norm, eps=eps, n_queries=a.queries, p_init=a.p_init, seed=seed)
+    raise ConfigError(f"the reference loop covers fgsm, pgd, apgd and square, not {spec.kind!r} ({spec.name})")
 
 
 def reference_sweep(model: nn.Module, x: Tensor, y: Tensor, suite: Suite, *, batch_size: int = 256) -> tuple[dict, dict]:
-    """The naive loop the engine's savings are measured and verified against: every attack at every budget on every
-    sample through plain torchattacks calls; outcomes then combined like the engine's (clean-wrong and broken at a
-    smaller budget count as broken). Returns (cells, passes per attack name and "clean"); fgsm and pgd kinds (a
-    minimum-norm attack runs once in both ways, so it has no naive loop and is left out)."""
+    """The naive loop the engine's savings are measured and verified against: every attack (each restart) at every
+    budget on every sample through plain torchattacks calls; outcomes then combined like the engine's (clean-wrong
+    and broken at a smaller budget count as broken). Returns (cells, passes per attack name and "clean"); fgsm, pgd,
+    apgd and square kinds (a minimum-norm attack runs once in both ways, so it has no naive loop and is left out)."""
     passes = {"clean": {"forward": 0, "backward": 0}}
     counted = PassCounter(model.eval(), passes["clean"])
     with torch.no_grad():
@@ -563,12 +592,13 @@ def reference_sweep(model: nn.Module, x: Tensor, y: Tensor, suite: Suite, *, bat
         counted.tally = passes[spec.name] = {"forward": 0, "backward": 0}
         alive = clean.clone()
         for eps in suite.grid(spec.norm):
-            attack = _plain_torchattack(counted, spec, eps)
-            for start in range(0, len(y) if eps > 0 else 0, batch_size):  # at eps 0 robust means clean-correct
-                xb, yb = x[start:start + batch_size], y[start:start + batch_size]
-                adv = attack(xb, yb)
-                with torch.no_grad():
-                    broken = counted(adv).argmax(1) != yb
-                alive[start:start + batch_size] &= ~broken
+            for restart in range(spec.restarts if eps > 0 else 0):  # at eps 0 robust means clean-correct
+                attack = _plain_torchattack(counted, spec, eps, seed=restart)
+                for start in range(0, len(y), batch_size):
+                    xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+                    adv = attack(xb, yb)
+                    with torch.no_grad():
+                        broken = counted(adv).argmax(1) != yb
+                    alive[start:start + batch_size] &= ~broken
             cells[str(CellKey(spec.name, spec.norm, eps))] = alive.cpu().numpy().copy()
     return cells, passes

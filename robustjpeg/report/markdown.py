@@ -217,8 +217,8 @@ def _per_attack(runs: list[Run]) -> str:
     if cascaded:
         parts.append(f"Cascade ({', '.join(cascaded)}): each fixed-budget attack ran only on the samples every attack "
                      "above it (of its norm) failed on at that budget, so its figure is the robust accuracy after it and "
-                     "every attack above it; the worst case is the same as without cascade. Minimum-norm attacks ran on "
-                     "every sample.")
+                     "every attack above it; the worst case is the same as without cascade. Minimum-norm attacks ran first, on "
+                     "every sample; a fixed-budget figure also counts what they broke within its budget.")
     for name in names:
         cells = [c for r in runs for c in r.results["cells"] if c["attack"] == name]
         kind = cells[0].get("kind", name)

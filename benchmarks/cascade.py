@@ -32,7 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 sys.path[:0] = [str(ROOT)]
 
-from robustjpeg.attacks.adapters import NORMS, load_suite  # noqa: E402
+from robustjpeg.attacks.adapters import NORMS  # noqa: E402
+from robustjpeg.attacks.suites import load_suite  # noqa: E402
 from robustjpeg.data.datasets import eval_tensors, load_dataset  # noqa: E402
 from robustjpeg.evaluation.results import CellKey, cell_metas, read_run  # noqa: E402
 from robustjpeg.evaluation.sweep import PassCounter, SweepConfig, perturbation_norm, reference_sweep, run_sweep  # noqa: E402

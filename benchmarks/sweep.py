@@ -20,7 +20,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from robustjpeg.attacks.adapters import load_suite  # noqa: E402
+from robustjpeg.attacks.suites import load_suite  # noqa: E402
 from robustjpeg.evaluation.results import cell_metas, read_run  # noqa: E402
 from robustjpeg.evaluation.sweep import SweepConfig, reference_sweep, run_sweep  # noqa: E402
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from robustjpeg.attacks.adapters import Suite, load_suite
 from robustjpeg.attacks.budgets import fit_suite
+from robustjpeg.attacks.suites import Suite, load_suite
 from robustjpeg.data.datasets import Dataset, eval_subset, load_dataset
 from robustjpeg.data.preprocess import Preprocess
 from robustjpeg.errors import BadInput

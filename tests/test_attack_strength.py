@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from robustjpeg.attacks.adapters import SHIPPED_SUITES, load_suite
+from robustjpeg.attacks.suites import SHIPPED_SUITES, load_suite
 from robustjpeg.evaluation.sweep import SweepConfig, run_sweep
 from robustjpeg.models.info import ModelInfo
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 import torchattacks
 
-from robustjpeg.attacks.adapters import ATTACKS, FGSM, PGD, SHIPPED_SUITES, AutoAttack, Square, UniformNoise, load_suite
+from robustjpeg.attacks.adapters import ATTACKS, FGSM, PGD, AutoAttack, Square, UniformNoise
+from robustjpeg.attacks.suites import SHIPPED_SUITES, load_suite
 from robustjpeg.errors import ConfigError, UnknownName
 
 from sweep_models import eval_set, trained_cnn, write_suite

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from robustjpeg.attacks.adapters import load_suite
+from robustjpeg.attacks.suites import load_suite
 from robustjpeg.evaluation.sweep import SweepConfig, run_sweep
 
 from sweep_models import eval_set, suite_toml, trained_cnn, write_suite

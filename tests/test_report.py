@@ -125,8 +125,9 @@ def real_report(request, tmp_path_factory):
     gradients mask every gradient attack: the sanity checks must catch the second one."""
     pytest.importorskip("robustjpeg.evaluation.sweep", reason="the sweep engine writes the real run folders")
     trained = request.getfixturevalue("mnist_jpeg_run")
+    from robustjpeg.attacks.suites import load_suite
     from robustjpeg.data.datasets import eval_tensors, load_dataset
-    from robustjpeg.evaluation.sweep import SweepConfig, load_suite, run_sweep
+    from robustjpeg.evaluation.sweep import SweepConfig, run_sweep
     from robustjpeg.models.checkpoints import load_trained
     from robustjpeg.models.loading import load_model
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from robustjpeg.attacks.adapters import Suite, load_suite
+from robustjpeg.attacks.suites import Suite, load_suite
 from robustjpeg.cli import EXIT_CHECK_FAILED, EXIT_OK, EXIT_USAGE, main
 from robustjpeg.data.datasets import eval_tensors, load_dataset
 from robustjpeg.errors import BadInput, RobustJpegWarning, RunFolderError
@@ -96,7 +96,7 @@ def test_early_exit_pgd_breaks_a_superset_of_torchattacks_pgd_with_fewer_passes(
     loop breaks too, inside the budget, for fewer forward and backward passes (the engine's pass counter)."""
     import torchattacks
 
-    from robustjpeg.attacks.adapters import early_exit_pgd
+    from robustjpeg.attacks.pgd import early_exit_pgd
     from robustjpeg.evaluation.sweep import PassCounter, perturbation_norm
 
     model, (x, y) = trained_cnn(), eval_set(100)

@@ -11,7 +11,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from robustjpeg.attacks.adapters import NORMS, AttackSpec, Suite
+from robustjpeg.attacks.adapters import NORMS
+from robustjpeg.attacks.suites import AttackSpec, Suite
 from robustjpeg.evaluation import optimality as opt
 from robustjpeg.evaluation.results import CellKey
 from robustjpeg.models.info import ModelInfo

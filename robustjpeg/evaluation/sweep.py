@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from robustjpeg.attacks.adapters import FGSM, PGD, AttackSpec, Suite, load_suite
+from robustjpeg.attacks.adapters import FGSM, PGD
+from robustjpeg.attacks.suites import AttackSpec, Suite, load_suite
 from robustjpeg.errors import BadInput, ConfigError, RunFolderError
 from robustjpeg.evaluation.results import (
     CellKey,

@@ -69,7 +69,7 @@ def run_verdict(results: dict, model_results: Iterable[dict] = ()) -> Verdict:
 
 def _adaptive_norms(facts: dict) -> set[str]:
     """The norms in which the run's suite holds an attack that does not rely on the model's own gradients."""
-    from robustjpeg.attacks.adapters import Suite
+    from robustjpeg.attacks.suites import Suite
 
     suite = facts.get("suite") or {}
     specs = Suite.from_dict(suite).attacks if suite.get("attacks") else []

@@ -35,8 +35,10 @@ sys.path[:0] = [str(ROOT)]
 from robustjpeg.attacks.adapters import NORMS  # noqa: E402
 from robustjpeg.attacks.suites import load_suite  # noqa: E402
 from robustjpeg.data.datasets import eval_tensors, load_dataset  # noqa: E402
+from robustjpeg.evaluation.engine import PassCounter, perturbation_norm  # noqa: E402
+from robustjpeg.evaluation.reference import reference_sweep  # noqa: E402
 from robustjpeg.evaluation.results import CellKey, cell_metas, read_run  # noqa: E402
-from robustjpeg.evaluation.sweep import PassCounter, SweepConfig, perturbation_norm, reference_sweep, run_sweep  # noqa: E402
+from robustjpeg.evaluation.sweep import SweepConfig, run_sweep  # noqa: E402
 from robustjpeg.models.loading import load_model  # noqa: E402
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))

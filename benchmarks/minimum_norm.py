@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 from robustjpeg.attacks.adapters import ATTACKS  # noqa: E402
 from robustjpeg.data.datasets import decode_cached  # noqa: E402
 from robustjpeg.evaluation import optimality as opt  # noqa: E402
-from robustjpeg.evaluation.sweep import perturbation_norm  # noqa: E402
+from robustjpeg.evaluation.engine import perturbation_norm  # noqa: E402
 from robustjpeg.models.loading import load_model  # noqa: E402
 
 MODELS = {  # name: (file under shared/models, architecture, mean, std)

@@ -21,8 +21,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from robustjpeg.attacks.suites import load_suite  # noqa: E402
+from robustjpeg.evaluation.reference import reference_sweep  # noqa: E402
 from robustjpeg.evaluation.results import cell_metas, read_run  # noqa: E402
-from robustjpeg.evaluation.sweep import SweepConfig, reference_sweep, run_sweep  # noqa: E402
+from robustjpeg.evaluation.sweep import SweepConfig, run_sweep  # noqa: E402
 
 from sweep_models import eval_set, suite_toml, trained_cnn, write_suite  # noqa: E402  (the tiny MNIST CNN the tests use)
 

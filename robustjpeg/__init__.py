@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 _PUBLIC = {
     "evaluate": "robustjpeg.pipeline:evaluate", "Evaluation": "robustjpeg.pipeline:Evaluation",
     "load_model": "robustjpeg.models.loading:load_model", "load_dataset": "robustjpeg.data.datasets:load_dataset",
-    "load_suite": "robustjpeg.attacks.adapters:load_suite", "JpegLayer": "robustjpeg.models.jpeg:JpegLayer",
+    "load_suite": "robustjpeg.attacks.suites:load_suite", "JpegLayer": "robustjpeg.models.jpeg:JpegLayer",
     "jpeg_mode": "robustjpeg.models.jpeg:jpeg_mode", "create_model": "robustjpeg.models.factory:create_model",
     "train": "robustjpeg.training.loop:train", "TrainConfig": "robustjpeg.training.loop:TrainConfig",
     "write_report": "robustjpeg.report.markdown:write_report", "compare": "robustjpeg.report.compare:compare_runs",

@@ -135,7 +135,7 @@ def test_uniform_noise_is_fixed_by_its_seed_and_in_budget():
 def test_cascaded_standard_suite_runs_each_autoattack_part_once():
     """Under cascade the official AutoAttack leaves out the parts the suite runs as cells of their own with its
     settings (L2: APGD-CE and APGD-T; Linf: Square); without cascade it runs whole."""
-    from robustjpeg.evaluation.sweep import autoattack_skip
+    from robustjpeg.evaluation.cells import autoattack_skip
 
     suite = load_suite("standard")
     entry = {s.name: s for s in suite.attacks}
@@ -147,7 +147,7 @@ def test_cascaded_standard_suite_runs_each_autoattack_part_once():
 
 
 def test_autoattack_without_its_gradient_parts_spends_no_backward_pass_and_still_breaks_digits():
-    from robustjpeg.evaluation.sweep import PassCounter
+    from robustjpeg.evaluation.engine import PassCounter
 
     model, (x, y) = trained_cnn(), eval_set(8)
     tally = {"forward": 0, "backward": 0}

@@ -14,8 +14,9 @@ from robustjpeg.attacks.suites import Suite, load_suite
 from robustjpeg.cli import EXIT_CHECK_FAILED, EXIT_OK, EXIT_USAGE, main
 from robustjpeg.data.datasets import eval_tensors, load_dataset
 from robustjpeg.errors import BadInput, RobustJpegWarning, RunFolderError
+from robustjpeg.evaluation.reference import reference_sweep
 from robustjpeg.evaluation.results import cell_metas, read_run
-from robustjpeg.evaluation.sweep import SweepConfig, reference_sweep, run_sweep
+from robustjpeg.evaluation.sweep import SweepConfig, run_sweep
 from robustjpeg.report.runs import load_run
 from robustjpeg.utils.io import file_sha256
 
@@ -97,7 +98,7 @@ def test_early_exit_pgd_breaks_a_superset_of_torchattacks_pgd_with_fewer_passes(
     import torchattacks
 
     from robustjpeg.attacks.pgd import early_exit_pgd
-    from robustjpeg.evaluation.sweep import PassCounter, perturbation_norm
+    from robustjpeg.evaluation.engine import PassCounter, perturbation_norm
 
     model, (x, y) = trained_cnn(), eval_set(100)
     theirs, ours = {"forward": 0, "backward": 0}, {"forward": 0, "backward": 0}

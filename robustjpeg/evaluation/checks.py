@@ -1,5 +1,10 @@
 """The sanity checks of an evaluation (DESIGN 4 and the attack-strength checks 17-18): each PASS / WARN / FAIL / SKIP
-with its figure. Every check declares its id; 2, 15 and 16 are invariants the code enforces, recorded apart."""
+with its figure. Every check declares its id; 2, 15 and 16 are invariants the code enforces, recorded apart.
+
+Longer than 300 lines on purpose: the registry holds the protocol's eighteen checks as short functions in id order,
+so the file reads like the protocol it implements; what they share (the Context over cells, worst cases, distances,
+and the probes that attack a few samples again through the engine) sits at the top.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from torch import Tensor
 from robustjpeg.attacks.adapters import NORMS
 from robustjpeg.attacks.suites import AttackSpec, Suite
 from robustjpeg.evaluation import optimality as opt
+from robustjpeg.evaluation.cells import perturber
 from robustjpeg.evaluation.results import CellKey
 from robustjpeg.models.info import ModelInfo
 from robustjpeg.models.jpeg import jpeg_layers
@@ -95,9 +101,7 @@ class Context:
 
     def attack(self, spec: AttackSpec, idx: Tensor, eps: float, tag: str) -> Tensor:
         """Run one attack on idx at a budget outside the grid; returns which of idx it broke."""
-        from robustjpeg.evaluation.sweep import _perturber
-
-        perturb = _perturber(self.engine, spec, spec.build(), eps)
+        perturb = perturber(self.engine, spec, spec.build(), eps)
         return self.engine.break_samples(spec, f"check-{tag}", idx, eps, perturb, {})
 
 

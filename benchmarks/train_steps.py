@@ -27,8 +27,9 @@ import torch.nn.functional as F
 
 from robustjpeg.data.datasets import Dataset, TensorSplit, load_dataset
 from robustjpeg.models.factory import build_model
+from robustjpeg.training.batches import Batches
 from robustjpeg.training.config import TrainConfig
-from robustjpeg.training.loop import Batches, evaluate
+from robustjpeg.training.loop import evaluate
 from robustjpeg.training.setup import make_optimisers, make_spec
 
 

@@ -188,8 +188,8 @@ def test_missing_data_sets_say_where_they_looked_and_which_flag_helps(tmp_path):
 def test_file_based_splits_batch_in_the_seeded_order_and_feed_eval_tensors(tiny_imagefolder):
     from torchvision import transforms
 
+    from robustjpeg.training.batches import Batches
     from robustjpeg.training.config import TrainConfig
-    from robustjpeg.training.loop import Batches
 
     files = sorted((tiny_imagefolder / "train").rglob("*.jpg"))
     labels = [sorted({f.parent.name for f in files}).index(f.parent.name) for f in files]

@@ -14,12 +14,12 @@ from robustjpeg.evaluation.results import robust_record
 from robustjpeg.evaluation.verdict import MASKING_CHECKS
 from robustjpeg.report import plots
 from robustjpeg.report.runs import Run, load_runs, model_labels, record_at, worst_case_verdict
+from robustjpeg.report.tables import jpeg_section
 from robustjpeg.utils import formatting as fmt
 from robustjpeg.utils.io import atomic_write_json, atomic_write_text
 
 CURVES, BARS, TREND = "accuracy-vs-budget.png", "clean-vs-robust.png", "trend.png"
 SUITES = "worst-case-by-suite.png"
-SOFT = 20.0  # alpha q^2 below this: a soft step, whose quantiser passes a gradient (hard steps mask it)
 
 
 def write_report(run_dirs: list[Path], out: Path, history: Path | None = None) -> Path:
@@ -47,17 +47,11 @@ def markdown_sections(runs: list[Run]) -> str:
 def _run_sections(runs: list[Run], out: Path) -> list[str]:
     plots.accuracy_curves(runs, out / CURVES)
     plots.clean_vs_robust(runs, out / BARS)
-    jpeg_runs = [r for r in runs if r.jpeg_tables]
-    tables = [_steps_table(jpeg_runs)] + [_tables_figure(r, out) for r in jpeg_runs] if jpeg_runs else []
     files = [_write_robustbench(r, out) for r in runs]
-    return [_warning(runs), _summary(runs), _across_seeds(runs), _across_suites(runs, out), _image("Clean and robust accuracy", BARS),
+    return [_warning(runs), _summary(runs), _across_seeds(runs), _across_suites(runs, out), fmt.image("Clean and robust accuracy", BARS),
             _by_budget(runs),
-            _image("Robust accuracy against budget", CURVES), _per_attack(runs), _checks(runs),
-            _jpeg_section(tables), _facts(runs, out), _files(files)]
-
-
-def _image(alt: str, name: str) -> str:
-    return f"![{alt}]({name})"
+            fmt.image("Robust accuracy against budget", CURVES), _per_attack(runs), _checks(runs),
+            jpeg_section(runs, out), _facts(runs, out), _files(files)]
 
 
 def _title(runs: list[Run]) -> str:
@@ -151,7 +145,7 @@ def _across_suites(runs: list[Run], out: Path) -> str:
     plots.suite_curves(curves, out / SUITES)
     return ("## Worst case over every suite\n\nA sample counts as robust only if no attack of any suite broke it. "
             "Runs of different sizes are combined on the samples they all evaluated (n below).\n\n"
-            + "\n\n".join(parts) + "\n\n" + _image("Worst case per suite and over every suite", SUITES))
+            + "\n\n".join(parts) + "\n\n" + fmt.image("Worst case per suite and over every suite", SUITES))
 
 
 SEED_NAME = re.compile(r"(?P<model>.+)-s(?P<seed>\d+)")  # bench names a seeded model NAME-sSEED
@@ -261,55 +255,6 @@ def _optimality_table(run: Run) -> str:
 
 def _status(status: str) -> str:
     return f"**{status}**" if status == "FAIL" else status
-
-
-def _layer(run: Run) -> dict:
-    return ((run.facts.get("model") or {}).get("spec") or {}).get("jpeg") or {}
-
-
-def _tables_figure(run: Run, out: Path) -> str:
-    from robustjpeg.models.codec import standard_tables
-
-    layer = _layer(run)
-    quality = int(layer.get("quality") or 50)
-    whose = "learned" if layer.get("trainable", True) else "fixed (not trained)"
-    name = f"jpeg-tables-{fmt.slug(run.label)}.png"
-    plots.jpeg_tables(run, np.asarray(standard_tables(quality), dtype=float), quality, whose, out / name)
-    return _image(f"{run.label}: {whose} JPEG step tables beside the standard ones", name)
-
-
-def _steps_table(runs: list[Run]) -> str:
-    """Per JPEG model: its steps against the ones its training started from, and how many stay soft."""
-    rows = []
-    for run in runs:
-        now = np.array([t for t in (run.jpeg_tables["luma"], run.jpeg_tables.get("chroma")) if t is not None], float)
-        start = (run.facts.get("model") or {}).get("jpeg_start_tables")
-        start = np.asarray(start, float)[: len(now)] if start is not None else None
-        hard = step_hardness(now, _layer(run))
-        moved = "n/a" if start is None else f"{float(np.abs(now - start).max()):.3g}"
-        share = "n/a" if start is None else f"{int((np.abs(now - start) > 0.05 * start).sum())} of {now.size}"
-        soft_start = "n/a" if start is None else str(int((step_hardness(start, _layer(run)) < SOFT).sum()))
-        rows.append([run.label, "learned" if _layer(run).get("trainable", True) else "fixed",
-                     "n/a" if start is None else f"{float(np.median(start[0])):.3g}", f"{float(np.median(now[0])):.3g}",
-                     moved, share, f"{soft_start} -> {int((hard < SOFT).sum())} of {now.size}",
-                     f"{float(np.median(hard)):.3g}"])
-    return (f"Steps at the start of training and as evaluated; a step is soft when alpha q^2 < {SOFT:g} (the soft "
-            "quantiser's input gradient is not near zero), moved when it changed by more than 5%:\n\n"
-            + fmt.table(["model", "tables", "median luma step, start", "median luma step, now", "largest change",
-                         "steps moved", "soft steps, start -> now", "median alpha q^2"], rows))
-
-
-def step_hardness(steps: np.ndarray, layer: dict) -> np.ndarray:
-    """alpha q^2 per step: how hard the soft quantiser is there (the paper's hardness; alpha = h / q^2 when set)."""
-    if layer.get("hardness") is not None:
-        return np.full(steps.shape, float(layer["hardness"]))
-    alpha = np.asarray(layer.get("alpha", 5.0) if layer.get("alpha") is not None else 5.0, float)
-    alpha = alpha[: len(steps)] if alpha.ndim == 3 else alpha
-    return alpha * steps**2
-
-
-def _jpeg_section(images: list[str]) -> str:
-    return "## JPEG step tables\n\n" + "\n\n".join(images) if images else ""
 
 
 def _facts(runs: list[Run], out: Path) -> str:

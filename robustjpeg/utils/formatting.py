@@ -92,3 +92,8 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 def slug(label: str) -> str:
     """A file-name-safe form of a model label."""
     return re.sub(r"[^A-Za-z0-9._-]+", "-", label).strip("-") or "model"
+
+
+def image(alt: str, name: str) -> str:
+    """A Markdown image of a file beside the report."""
+    return f"![{alt}]({name})"

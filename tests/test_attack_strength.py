@@ -72,6 +72,7 @@ def resnet20_and_images(resnet20_checkpoint, cifar_jpeg_test_set):
     return model.eval(), pixels[pick].float() / 255, labels[pick]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SHIPPED_SUITES)
 def test_every_shipped_suite_drives_the_undefended_resnet20_to_zero_at_its_own_standard_budgets(
         name, resnet20_and_images, tmp_path):
@@ -145,18 +146,21 @@ def _assert_between_pgd_and_autoattack(model, x, y, suite, tmp_path) -> None:
         assert beyond <= tol, f"{norm} {eps}: the suite breaks {beyond} samples the official AutoAttack cannot"
 
 
+@pytest.mark.slow
 def test_quick_suite_on_a_pgd_trained_digit_model_lies_between_plain_pgd_and_official_autoattack(tmp_path):
     x, y = eval_set(64)
     suite = _at_standard_budgets("quick", [0.0, 0.1], [0.0, 1.0])
     _assert_between_pgd_and_autoattack(pgd_trained_cnn(), x, y, suite, tmp_path)
 
 
+@pytest.mark.slow
 def test_standard_suite_on_a_pgd_trained_digit_model_lies_between_plain_pgd_and_official_autoattack(tmp_path):
     x, y = eval_set(32)
     suite = _at_standard_budgets("standard", [0.0, 0.1], [0.0, 1.0])
     _assert_between_pgd_and_autoattack(pgd_trained_cnn(), x, y, suite, tmp_path)
 
 
+@pytest.mark.slow
 def test_standard_suite_on_an_adversarially_trained_cifar_cnn_lies_between_plain_pgd_and_autoattack(
         cifar_jpeg_test_set, tmp_path):
     from robustjpeg.models.loading import load_model

@@ -46,6 +46,7 @@ def test_default_benchmark_is_read_from_the_installed_package():
     assert DEFAULT_FILE.is_file() and DEFAULT_FILE.parent == Path(robustjpeg.__file__).parent
 
 
+@pytest.mark.slow
 def test_default_benchmark_reports_both_models_with_plots_and_checks(default_run):
     root, code = default_run
     assert code in (0, 4), f"bench exited {code}"
@@ -59,6 +60,7 @@ def test_default_benchmark_reports_both_models_with_plots_and_checks(default_run
     assert runs == {("baseline", "quick"), ("jpeg-dl", "quick"), ("jpeg-dl", "adaptive-quick")}
 
 
+@pytest.mark.slow
 def test_exit_code_4_means_a_reported_worst_case_is_not_trustworthy(default_run):
     """A masking FAIL that the adaptive suite overcomes is no reason for exit 4; a broken evaluation is."""
     root, code = default_run
@@ -72,6 +74,7 @@ def test_exit_code_4_means_a_reported_worst_case_is_not_trustworthy(default_run)
     assert code == (4 if hard or masked_without_adaptive else 0), (code, hard)
 
 
+@pytest.mark.slow
 def test_kill_in_the_middle_of_a_sweep_and_rerun_give_the_same_results(default_run, tmp_path, kill_pgd_after):
     root, _ = default_run
     shutil.copytree(root / "out" / "models", tmp_path / "out" / "models")  # training is reused, sweeps are cut
@@ -84,6 +87,7 @@ def test_kill_in_the_middle_of_a_sweep_and_rerun_give_the_same_results(default_r
     assert all(np.array_equal(whole[k], resumed[k]) for k in whole)
 
 
+@pytest.mark.slow
 def test_rerun_after_a_planted_better_run_exits_with_the_regression_code(default_run, tmp_path):
     root, _ = default_run
     history = tmp_path / "history"
@@ -146,6 +150,7 @@ def _closest_quality(steps: np.ndarray) -> int:
     return 1 + int(np.argmin(dist))
 
 
+@pytest.mark.slow
 def test_seeds_matched_controls_and_per_suite_sizes(tmp_path):
     path = tmp_path / "seeded.toml"
     path.write_text(SEEDED)
@@ -222,6 +227,7 @@ def _tables(checkpoint: dict) -> torch.Tensor:
     return next(v for k, v in checkpoint["state_dict"].items() if k.endswith("tables"))
 
 
+@pytest.mark.slow
 def test_sensitivity_control_starts_from_jpeg_dl_tables_and_keeps_them_while_jpeg_dl_learns(tmp_path):
     bench = load_benchmark(_paper_init(tmp_path))
     with one_thread():
@@ -393,6 +399,7 @@ def tiny_reference(tmp_path_factory):
     return out, len(writes)
 
 
+@pytest.mark.slow
 def test_the_tiny_bench_uses_the_standard_budget_given_on_the_command_line(tiny_reference):
     out, _ = tiny_reference
     results = [json.loads(p.read_text()) for p in _files(out, "runs/*/*/*/results.json").values()]
@@ -410,6 +417,7 @@ def test_rerunning_a_finished_bench_recomputes_no_cell_and_adds_no_history_recor
     assert len(_files(tmp_path / "out", "history/runs/*.json")) == 1, "the rerun added a duplicate history record"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_bench_killed_at_a_random_write_resumes_to_the_same_results_without_recomputing(tiny_reference, tmp_path,
                                                                                        seed):

@@ -103,6 +103,7 @@ def test_channel_stats_match_a_direct_float_computation(photos):
     np.testing.assert_allclose(std, f.std(dim=(0, 2, 3), unbiased=False).numpy(), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_cifar10_jpeg_test_tar_decodes_to_10000_images_and_is_cached(cifar_jpeg_test_tar, cache_dir):
     x, classes = sources.decode_cached(cifar_jpeg_test_tar)
     assert x.shape == (10000, 32, 32, 3) and x.dtype == np.uint8

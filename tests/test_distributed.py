@@ -110,6 +110,7 @@ def test_training_shares_are_equal_and_cover_the_epoch():
     assert {len(p) for p in parts} == {4} and set(torch.cat(parts).tolist()) == set(range(11))
 
 
+@pytest.mark.slow
 def test_ddp_ranks_end_with_identical_weights_and_a_loadable_checkpoint(trained):
     ranks = [torch.load(trained / f"rank-{r}.pt", weights_only=True) for r in range(2)]
     model, spec, ckpt = load_trained(trained / "checkpoint.pt")
@@ -121,6 +122,7 @@ def test_ddp_ranks_end_with_identical_weights_and_a_loadable_checkpoint(trained)
     assert history["images"] == 800 and history["test_n"] == 1000  # each rank saw half; the records count all
 
 
+@pytest.mark.slow
 def test_killed_ddp_training_resumes_to_the_uninterrupted_weights(trained, tmp_path):
     out = tmp_path / "run"
     killed = torchrun(HELPER, "train", *TRAIN_ARGS, "-o", str(out), check=False, ROBUSTJPEG_TEST_DIE_TRAINING="0:1")
@@ -131,6 +133,7 @@ def test_killed_ddp_training_resumes_to_the_uninterrupted_weights(trained, tmp_p
         assert torch.equal(resumed[name], value), f"{name} differs between the resumed and the uninterrupted run"
 
 
+@pytest.mark.slow
 def test_sharded_sweep_equals_single_process_sample_by_sample(trained, suite, single, tmp_path):
     out = tmp_path / "run"
     torchrun("-m", "robustjpeg", *sweep_args(trained, suite, out))
@@ -143,6 +146,7 @@ def _finished_cells(out: Path) -> dict[Path, tuple[int, int]]:
     return {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (out / "shards").rglob("*.npz")}
 
 
+@pytest.mark.slow
 def test_killed_rank_resumes_without_redoing_finished_cells(trained, suite, single, tmp_path):
     out = tmp_path / "run"
     args = (HELPER, *sweep_args(trained, suite, out))

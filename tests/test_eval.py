@@ -18,6 +18,7 @@ def _results(out, name: str) -> dict:
     return json.loads((out / "runs" / name / "results.json").read_text())
 
 
+@pytest.mark.slow
 def test_thirdparty_resnet20_on_cifar10_jpeg_sweeps_and_reports(resnet20_checkpoint, cifar_jpeg_test_tar, tmp_path):
     data = f"imagefolder:{cifar_jpeg_test_tar.parent}"
     code = main(["eval", str(resnet20_checkpoint), "--arch", "resnet20", *IMAGENET, "--dataset", data, "-n", "100",
@@ -32,6 +33,7 @@ def test_thirdparty_resnet20_on_cifar10_jpeg_sweeps_and_reports(resnet20_checkpo
     assert "resnet20" in (tmp_path / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_robustbench_zoo_model_is_swept_offline(robustbench, no_network, tmp_path):  # noqa: F811
     from robustbench.model_zoo import model_dicts
     from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel

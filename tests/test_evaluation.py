@@ -19,6 +19,7 @@ from sweep_models import eval_set, trained_cnn
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
+@pytest.mark.slow
 def test_evaluate_in_three_lines_matches_the_sweep_command_sample_by_sample(mnist_baseline_run, tmp_path,
                                                                             monkeypatch):
     checkpoint = mnist_baseline_run["checkpoint"]

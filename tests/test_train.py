@@ -165,6 +165,7 @@ def _kill_after_first_checkpoint(argv: list[str], checkpoint: Path, timeout: flo
     proc.wait()
 
 
+@pytest.mark.slow
 def test_run_killed_mid_epoch_resumes_to_bit_identical_weights(tmp_path, single_thread):
     cfg = _resume_config()
     killed = tmp_path / "killed"

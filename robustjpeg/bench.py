@@ -64,7 +64,6 @@ class Log:
 
 def train_config(bench: Benchmark, entry: ModelEntry, device: str):
     """The TrainConfig of a model entry; the benchmark's dataset and seed apply unless the entry sets them."""
-    from robustjpeg.data.preprocess import parse_input_size
     from robustjpeg.training.config import TrainConfig
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -74,10 +73,6 @@ def train_config(bench: Benchmark, entry: ModelEntry, device: str):
                           f"allowed: {', '.join(sorted(fields - {'extra'}))}")
     values = {"dataset": bench.dataset, "seed": bench.seed, "data_root": bench.data_root, "download": bench.download,
               "device": device, **entry.train}
-    if isinstance(values.get("milestones"), list):
-        values["milestones"] = tuple(values["milestones"])
-    if values.get("input_size") is not None:  # 112, "112x112" or [112, 112], as on the command line
-        values["input_size"] = parse_input_size(values["input_size"])
     return TrainConfig(**values)
 
 

@@ -83,12 +83,10 @@ class Benchmark:
         return self.suite_examples.get(suite, self.num_examples)
 
 
-
 def _check_keys(table: dict, allowed: set[str], where: str, path: Path) -> None:
     unknown = sorted(set(table) - allowed)
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)} in {where}; allowed: {', '.join(sorted(allowed))}")
-
 
 
 def _typed(value: Any, kind: type | tuple, key: str, path: Path) -> Any:
@@ -97,11 +95,9 @@ def _typed(value: Any, kind: type | tuple, key: str, path: Path) -> Any:
     return value
 
 
-
 def _path(value: str | None) -> Path | None:
     """Paths in a benchmark file are relative to the folder the command runs in, like paths on the CLI."""
     return None if value is None else Path(value).expanduser()
-
 
 
 def _budgets(head: dict, key: str, path: Path, upper: float = 1.0):
@@ -115,7 +111,6 @@ def _budgets(head: dict, key: str, path: Path, upper: float = 1.0):
     return values if isinstance(head[key], list) else values[0]
 
 
-
 def _parse_model(entry: dict, i: int, path: Path) -> ModelEntry:
     where = f"[[models]] #{i + 1}"
     _check_keys(entry, SECTION_KEYS["models"], where, path)
@@ -127,7 +122,6 @@ def _parse_model(entry: dict, i: int, path: Path) -> ModelEntry:
         _typed(entry.get(key), dict, f"{entry['name']}.{key}", path)
     return ModelEntry(name=entry["name"], train=entry.get("train"), load=entry.get("load"),
                       suites=entry.get("suites"), transfer_from=entry.get("transfer_from"))
-
 
 
 def load_benchmark(path: Path | str | None = None) -> Benchmark:
@@ -168,12 +162,10 @@ def load_benchmark(path: Path | str | None = None) -> Benchmark:
     return bench
 
 
-
 def match_source(entry: ModelEntry) -> str | None:
     """NAME of jpeg_quality = "match:NAME" in a trained entry; None for an integer quality or a load entry."""
     quality = (entry.train or {}).get("jpeg_quality")
     return quality[len(MATCH):] if isinstance(quality, str) and quality.startswith(MATCH) else None
-
 
 
 def _seeds(value: Any, path: Path) -> list[int]:
@@ -181,7 +173,6 @@ def _seeds(value: Any, path: Path) -> list[int]:
                                                             for v in value) or len(set(value)) != len(value):
         raise ConfigError(f"{path}: benchmark.seeds = {value!r}; give distinct integers, e.g. seeds = [0, 1, 2]")
     return value
-
 
 
 def _per_seed(models: list[ModelEntry], seeds: list[int], path: Path) -> list[ModelEntry]:
@@ -211,7 +202,6 @@ def _per_seed(models: list[ModelEntry], seeds: list[int], path: Path) -> list[Mo
     return out
 
 
-
 def _check_models(bench: Benchmark) -> None:
     names = [m.name for m in bench.models]
     if len(set(names)) != len(names):
@@ -231,7 +221,6 @@ def _check_models(bench: Benchmark) -> None:
                               f"of images for one of the suites this file runs ({', '.join(sorted(suites))})")
 
 
-
 def _check_match(bench: Benchmark, entry: ModelEntry, earlier: list[ModelEntry]) -> None:
     """jpeg_quality is an integer, or "match:NAME" naming an earlier trained JPEG-DL model."""
     quality = (entry.train or {}).get("jpeg_quality")
@@ -243,7 +232,6 @@ def _check_match(bench: Benchmark, entry: ModelEntry, earlier: list[ModelEntry])
         raise ConfigError(f"{bench.path}: model {entry.name!r}: jpeg_quality = {quality!r}; give an integer "
                           f"1..100 or \"{MATCH}NAME\" with NAME an earlier trainable JPEG model "
                           f"({', '.join(candidates) or 'none in this file'})")
-
 
 
 def _check_init(bench: Benchmark, entry: ModelEntry, earlier: list[ModelEntry]) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from robustjpeg import __version__
 from robustjpeg.attacks.budgets import parse_budget, parse_eps_list
-from robustjpeg.data.preprocess import INTERPOLATIONS, parse_input_size
+from robustjpeg.data.preprocess import INTERPOLATIONS
 from robustjpeg.errors import ConfigError, RobustJpegError, RobustJpegWarning
 from robustjpeg.evaluation.verdict import run_verdict
 
@@ -178,7 +178,6 @@ def _train_config(args: argparse.Namespace):
         raise ConfigError("--jpeg-lr sets the trainable JPEG tables' optimiser; it needs --jpeg")
     variant = "jpeg" if args.jpeg else "jpeg-fixed" if args.jpeg_fixed is not None else "baseline"
     quality = next(q for q in (args.jpeg_fixed, args.jpeg_quality, TrainConfig.jpeg_quality) if q is not None)
-    size = parse_input_size(args.input_size) if args.input_size else None
     return TrainConfig(
         dataset=args.dataset, arch=args.arch, variant=variant, jpeg_alpha=args.alpha, jpeg_hardness=args.hardness,
         jpeg_init=args.jpeg_init, jpeg_quality=quality, jpeg_constant=args.jpeg_constant, init_from=args.init_from,
@@ -186,7 +185,7 @@ def _train_config(args: argparse.Namespace):
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         milestones=args.milestones, jpeg_lr=TrainConfig.jpeg_lr if args.jpeg_lr is None else args.jpeg_lr,
         seed=args.seed, train_subset=args.train_subset, data_root=args.data_root, download=args.download,
-        compile=args.compile, device=args.device, workers=args.workers, recipe=args.recipe, input_size=size,
+        compile=args.compile, device=args.device, workers=args.workers, recipe=args.recipe, input_size=args.input_size or None,
         resize=args.resize, crop_pct=args.crop_pct, interpolation=args.interpolation, channels=args.channels)
 
 

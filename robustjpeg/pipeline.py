@@ -105,7 +105,7 @@ def evaluate(model: nn.Module | str | Path, data: DataArg, suite: str | Path | S
     directory). defended: the model is meant to be robust (check 13 then expects no collapse).
     """
     if isinstance(model, (str, Path)):
-        model, info = load_model(model, device=device or "cpu", name=name, defended=defended or None)
+        model, info = load_model(model, device=device or "cpu", name=name, defended=defended)
     else:
         info = ModelInfo(name or type(model).__name__, _weights_sha256(model), defended=defended)
     device = torch.device(device) if device is not None else _device_of(model)

@@ -45,7 +45,6 @@ def early_exit_pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float, *, steps:
     return out
 
 
-
 def _pgd_start(x: Tensor, eps: float, norm: str) -> Tensor:
     """torchattacks' random start: uniform in the Linf ball, or a normal direction at a uniform radius in L2."""
     if norm == "Linf":
@@ -54,7 +53,6 @@ def _pgd_start(x: Tensor, eps: float, norm: str) -> Tensor:
     n = delta.flatten(1).norm(p=2, dim=1).view(-1, 1, 1, 1)
     r = torch.zeros_like(n).uniform_(0, 1)
     return torch.clamp(x + delta * (r / n * eps), min=0, max=1)
-
 
 
 def _pgd_step(x: Tensor, adv: Tensor, grad: Tensor, eps: float, alpha: float, norm: str) -> Tensor:

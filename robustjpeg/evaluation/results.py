@@ -162,9 +162,12 @@ class RawRun:
 
 
 def read_run(run_dir: Path) -> RawRun:
-    """Load a run folder, naming the missing or foreign file when it cannot be read."""
+    """Load a finished run folder (run.json read once), naming the missing, foreign or unfinished file."""
     folder = Path(run_dir)
     run = read_json(folder / "run.json", "run file", RUN_FIX)
+    if run.get("status") != "complete":
+        raise RunFolderError(f"{folder / 'run.json'}: status is {run.get('status')!r}: the sweep did not finish; "
+                             "rerun it with --resume")
     results = read_json(folder / "results.json", "results file", REBUILD.format("results.json"))
     for what, doc, schema in (("run.json", run, RUN_SCHEMA), ("results.json", results, RESULTS_SCHEMA)):
         if doc.get("schema") != schema:

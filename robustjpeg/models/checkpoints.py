@@ -17,7 +17,6 @@ from robustjpeg.models.factory import JpegModel, ModelSpec, build_model, strip_p
 SCHEMA = "robustjpeg.checkpoint/1"
 
 
-
 def read_checkpoint(path: Path | str, device: torch.device | str = "cpu") -> dict[str, Any]:
     """Load one of our checkpoints safely (weights_only) and check its schema."""
     path = Path(path)
@@ -31,7 +30,6 @@ def read_checkpoint(path: Path | str, device: torch.device | str = "cpu") -> dic
         raise CheckpointError(f"{path} is not a robustjpeg training checkpoint (schema {SCHEMA} expected); "
                               "load third-party files with robustjpeg eval")
     return ckpt
-
 
 
 def load_trained(path: Path | str, device: torch.device | str = "cpu") -> tuple[JpegModel, ModelSpec, dict]:

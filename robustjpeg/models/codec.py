@@ -67,17 +67,14 @@ YCBCR_TO_RGB = (
 )
 
 
-
 def affine_channels(x: Tensor, matrix: Tensor, bias: Tensor) -> Tensor:
     """matrix @ pixel + bias ([C, 1]) on the channel axis of NCHW, as one batched matrix product."""
     n, c, h, w = x.shape
     return torch.baddbmm(bias, matrix.expand(n, c, c), x.reshape(n, c, h * w)).view(n, c, h, w)
 
 
-
 def _chroma_offset(like: Tensor) -> Tensor:
     return torch.tensor([[0.0], [128.0], [128.0]], dtype=like.dtype, device=like.device)
-
 
 
 def rgb_to_ycbcr(x255: Tensor) -> Tensor:
@@ -86,12 +83,10 @@ def rgb_to_ycbcr(x255: Tensor) -> Tensor:
     return affine_channels(x255, matrix, _chroma_offset(x255))
 
 
-
 def ycbcr_to_rgb(y: Tensor) -> Tensor:
     """JFIF YCbCr in 0..255 -> RGB in 0..255 (unclamped); inverse of rgb_to_ycbcr."""
     matrix = torch.tensor(YCBCR_TO_RGB, dtype=y.dtype, device=y.device)
     return affine_channels(y, matrix, -matrix @ _chroma_offset(y))
-
 
 
 def dct_matrix(dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Tensor:
@@ -110,7 +105,6 @@ def _dct64(dtype: torch.dtype, device: torch.device) -> Tensor:
     return torch.kron(d, d).to(dtype)
 
 
-
 def _blocks(x: Tensor) -> Tensor:
     """NCHW -> zero-padded 8x8 blocks [N, blocks, C, 64] (row-major pixels within a block)."""
     n, c, h, w = x.shape
@@ -118,7 +112,6 @@ def _blocks(x: Tensor) -> Tensor:
         x = F.pad(x, (0, -w % 8, 0, -h % 8))
     hb, wb = x.shape[2] // 8, x.shape[3] // 8
     return x.reshape(n, c, hb, 8, wb, 8).permute(0, 2, 4, 1, 3, 5).reshape(n, hb * wb, c, 64)
-
 
 
 def _unblocks(rows: Tensor, h: int, w: int) -> Tensor:
@@ -129,11 +122,9 @@ def _unblocks(rows: Tensor, h: int, w: int) -> Tensor:
     return img[:, :, :h, :w]
 
 
-
 def block_dct(x: Tensor) -> Tensor:
     """NCHW -> DCT coefficients [N, blocks, C, 64] of zero-padded 8x8 blocks (row-major frequencies)."""
     return _blocks(x) @ _dct64(x.dtype, x.device).T
-
 
 
 def block_idct(coeffs: Tensor, h: int, w: int) -> Tensor:
@@ -160,10 +151,8 @@ def colour_maps(channels: int, dtype: torch.dtype, device: torch.device,
     return tuple(m.to(dtype=dtype, device=device) for m in (to_ycc, enc_bias, to_rgb, dec_bias))
 
 
-
 def _index_limit(bits: int) -> float:
     return float(2 ** (bits - 1) - 1)
-
 
 
 def _window(z: Tensor, q: Tensor, window: int, bits: int) -> Tensor:
@@ -172,12 +161,10 @@ def _window(z: Tensor, q: Tensor, window: int, bits: int) -> Tensor:
     return (z / q).sub_(window / 2).ceil_().clamp_(-limit, limit - window + 1)
 
 
-
 def _distances(z: Tensor, q: Tensor, start: Tensor, window: int) -> Tensor:
     """d_k = (start + k) q - z for the window slots, stacked on a leading axis: [window, *z.shape]."""
     slots = torch.arange(window, dtype=z.dtype, device=z.device).view(-1, *([1] * z.dim()))
     return (start * q - z).unsqueeze(0) + slots * q
-
 
 
 class _SoftQuantize(torch.autograd.Function):
@@ -218,7 +205,6 @@ class _SoftQuantize(torch.autograd.Function):
         return grad_z, grad_q, grad_alpha, None, None
 
 
-
 def soft_quantize(z: Tensor, q: Tensor, alpha: Tensor | float, window: int = 5, bits: int = 8) -> Tensor:
     """Differentiable soft quantiser Q_d: expected reconstruction i*q under softmax(-alpha (i q - z)^2).
 
@@ -229,18 +215,15 @@ def soft_quantize(z: Tensor, q: Tensor, alpha: Tensor | float, window: int = 5, 
     return _SoftQuantize.apply(z, q, alpha, window, bits)
 
 
-
 def hard_quantize(z: Tensor, q: Tensor, bits: int = 8) -> Tensor:
     """Real JPEG quantiser q * round(z / q), indices clamped to |i| <= 2**(bits-1)-1; no gradient to z."""
     limit = _index_limit(bits)
     return torch.round(z / q).clamp(-limit, limit) * q
 
 
-
 def ste_quantize(z: Tensor, q: Tensor, bits: int = 8) -> Tensor:
     """Hard quantiser forward, identity backward w.r.t. z (straight-through / BPDA); no gradient to q."""
     return z + (hard_quantize(z, q, bits) - z).detach()
-
 
 
 def standard_tables(quality: int) -> Tensor:
@@ -250,7 +233,6 @@ def standard_tables(quality: int) -> Tensor:
     scale = 5000 // quality if quality < 50 else 200 - 2 * quality
     base = torch.tensor([LUMA_TABLE, CHROMA_TABLE], dtype=torch.int64)
     return ((base * scale + 50) // 100).clamp(1, 255).to(torch.float32)
-
 
 
 def matched_quality(steps: Tensor) -> int:
@@ -268,7 +250,6 @@ def matched_quality(steps: Tensor) -> int:
     distances = [float((standard_tables(q)[: len(steps)].double().log() - log_steps).abs().mean())
                  for q in range(1, 101)]
     return 1 + min(range(100), key=distances.__getitem__)
-
 
 
 def validate_images(x: Tensor, channels: int, values: bool = True) -> None:

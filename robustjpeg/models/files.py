@@ -30,7 +30,6 @@ RISKY_MODULES = ("os", "posix", "nt", "subprocess", "sys", "io", "shutil", "sock
                  "builtins")
 
 
-
 def sniff_file(path: Path) -> str:
     """Say what a checkpoint file holds ('torch', 'torchscript', 'safetensors') or refuse it with the reason."""
     if not path.is_file():
@@ -51,7 +50,6 @@ def sniff_file(path: Path) -> str:
     return "torch"
 
 
-
 def _zip_kind(path: Path) -> str:
     try:
         names = zipfile.ZipFile(path).namelist()
@@ -60,11 +58,9 @@ def _zip_kind(path: Path) -> str:
     return "torchscript" if any(n.endswith("/constants.pkl") for n in names) else "torch"
 
 
-
 def _looks_like_safetensors(head: bytes, size: int) -> bool:
     header_len = int.from_bytes(head[:8], "little") if len(head) >= 8 else 0
     return head[8:9] == b"{" and 0 < header_len <= size - 8
-
 
 
 def read_safetensors(path: Path) -> dict:
@@ -76,7 +72,6 @@ def read_safetensors(path: Path) -> dict:
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path} is not a readable safetensors file ({first_line(exc)}); it may be truncated, "
                               "download it again") from exc
-
 
 
 def torch_load(path: Path, trust: bool) -> Any:
@@ -98,14 +93,12 @@ def torch_load(path: Path, trust: bool) -> Any:
                               "check the file, or download it again") from exc
 
 
-
 def _code_refusal(path: Path, name: str) -> str:
     risky = name.split(".")[0] in RISKY_MODULES
     why = " (it can run any command: this file is most likely malicious)" if risky else ""
     return (f"{path} was refused, and nothing in it ran: its pickle asks to run Python code when loaded, {name}{why}. "
             "--trust-checkpoint (trust=True) exists only for files you trust, since it lets that code run; better, "
             "re-save the model's state_dict() with torch.save or safetensors where it was made, and load that")
-
 
 
 def pickle_globals(path: Path) -> list[str]:
@@ -118,7 +111,6 @@ def pickle_globals(path: Path) -> list[str]:
     except zipfile.BadZipFile:
         with open(path, "rb") as fh:
             return _scan([fh])
-
 
 
 def _scan(streams) -> list[str]:
@@ -134,7 +126,6 @@ def _scan(streams) -> list[str]:
             except (ValueError, EOFError, IndexError):
                 break
     return [n for n in names if n.split(".")[0] not in SAFE_MODULES]
-
 
 
 def _globals_in(ops) -> list[str]:
@@ -156,14 +147,12 @@ def _globals_in(ops) -> list[str]:
     return names
 
 
-
 def _python3_name(module: str, name: str) -> str:
     """Protocol-2 pickles (torch.save's) spell callables the Python 2 way (__builtin__.eval, commands.Popen)."""
     import _compat_pickle
 
     module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
     return f"{_compat_pickle.IMPORT_MAPPING.get(module, module)}.{name}"
-
 
 
 def unwrap_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
@@ -182,7 +171,6 @@ def unwrap_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
         found = f"a {type(obj).__name__}"
     raise CheckpointError(f"{path} is not a model checkpoint: it holds {found}; expected a state dict of tensors, "
                           f"bare or under one of {', '.join(WRAPPER_KEYS)}")
-
 
 
 def _is_state_dict(obj: Any) -> bool:

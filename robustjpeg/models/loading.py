@@ -101,7 +101,7 @@ def load_model(source: str | Path, *, arch: str | None = None, num_classes: int 
     size = input_size if input_size is not None else info.input_size
     declared = Preprocess(size, resize, crop_pct, interpolation).over(Preprocess.from_dict(info.preprocess))
     info = replace(info, name=name or info.name, input_size=list(parse_input_size(size)) if size else None,
-                   preprocess=declared.to_dict(), defended=bool(defended or info.defended))
+                   preprocess=declared.to_dict(), defended=bool(defended))
     return model.to(torch.device(device)).eval(), info
 
 

@@ -24,7 +24,6 @@ from robustjpeg.utils.io import file_sha256
 ZOO_DATASETS = ("cifar10", "cifar100", "imagenet")
 
 
-
 def import_robustbench():
     """Import the real robustbench 1.1.1, working around its packaging traps; a broken install is named.
 
@@ -49,7 +48,6 @@ def import_robustbench():
                           'pip install "robustjpeg[robustbench]"') from exc
 
 
-
 def _check_robustbench_files() -> None:
     from importlib import metadata
 
@@ -66,7 +64,6 @@ def _check_robustbench_files() -> None:
                               f"old robustbench copy); reinstall after torchattacks: {fix}")
 
 
-
 def alias_autoattack() -> None:
     if "autoattack" in sys.modules or importlib.util.find_spec("autoattack") is not None:
         return
@@ -76,7 +73,6 @@ def alias_autoattack() -> None:
     for module_name, module in list(sys.modules.items()):
         if module_name == "pyautoattack" or module_name.startswith("pyautoattack."):
             sys.modules.setdefault("autoattack" + module_name[len("pyautoattack"):], module)
-
 
 
 def load_zoo(source: str, threat_model: str, model_dir, download: bool) -> tuple[nn.Module, dict]:
@@ -98,7 +94,6 @@ def load_zoo(source: str, threat_model: str, model_dir, download: bool) -> tuple
     return model, info
 
 
-
 def _zoo_entry(source: str, dataset: str, threat_model: str, zoo_name: str) -> dict:
     """RobustBench's model-zoo record for a name, or an error listing what the zoo holds."""
     from robustbench.model_zoo import model_dicts
@@ -116,13 +111,11 @@ def _zoo_entry(source: str, dataset: str, threat_model: str, zoo_name: str) -> d
     return zoo[zoo_name]
 
 
-
 def _fetched_through_timm(zoo_name: str, dataset: str, threat_model: str) -> bool:
     """RobustBench's own rule: a zoo name that timm knows loads timm's pretrained weights, never the local file."""
     import timm
 
     return timm.is_model(f"{zoo_name.lower().replace('-', '_')}_{dataset}_{threat_model.lower()}")
-
 
 
 def _zoo_files(path: Path, gdrive_id, source: str, download: bool) -> list[Path]:
@@ -138,7 +131,6 @@ def _zoo_files(path: Path, gdrive_id, source: str, download: bool) -> list[Path]
     return files
 
 
-
 def _zoo_load(rb, zoo_name: str, model_dir: Path, dataset: str, threat_model: str, source: str) -> nn.Module:
     try:
         return rb.load_model(zoo_name, model_dir=str(model_dir), dataset=dataset, threat_model=threat_model)
@@ -147,7 +139,6 @@ def _zoo_load(rb, zoo_name: str, model_dir: Path, dataset: str, threat_model: st
                               "re-save its state_dict() to that file") from exc
     except (RuntimeError, EOFError, KeyError, ValueError) as exc:
         raise CheckpointError(f"{source}: RobustBench could not load the checkpoint ({first_line(exc)})") from exc
-
 
 
 def _urlsafe_sha256(path: Path) -> str:

@@ -12,9 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from robustjpeg.errors import RunFolderError
-from robustjpeg.evaluation.results import RUN_FIX, CellKey, read_run
+from robustjpeg.evaluation.results import CellKey, read_run
 from robustjpeg.evaluation.verdict import Verdict, model_verdict, run_verdict
-from robustjpeg.utils.io import read_json
 
 _RESULTS_KEYS = ("model", "dataset", "n", "clean", "cells", "worst_case", "checks")
 _SAMPLE_KEYS = ("indices", "labels", "clean_correct", "cell_keys", "robust", "worst_keys", "worst")
@@ -102,9 +101,6 @@ def load_run(path: Path, label: str = "") -> Run:
     path = Path(path)
     if not path.is_dir():
         raise RunFolderError(f"run folder {path} does not exist; pass the -o folder of a finished `robustjpeg sweep`")
-    status = read_json(path / "run.json", "run file", RUN_FIX).get("status")
-    _require(status == "complete", path / "run.json",
-             f"status is {status!r}: the sweep did not finish; rerun it with --resume")
     raw = read_run(path)
     missing = [k for k in _RESULTS_KEYS if k not in raw.results]
     _require(not missing, path / "results.json", f"lacks the fields {missing}")

@@ -13,10 +13,8 @@ from robustjpeg.utils import formatting as fmt
 SOFT = 20.0  # alpha q^2 below this: a soft step, whose quantiser passes a gradient (hard steps mask it)
 
 
-
 def _layer(run: Run) -> dict:
     return ((run.facts.get("model") or {}).get("spec") or {}).get("jpeg") or {}
-
 
 
 def _tables_figure(run: Run, out: Path) -> str:
@@ -30,37 +28,40 @@ def _tables_figure(run: Run, out: Path) -> str:
     return fmt.image(f"{run.label}: {whose} JPEG step tables beside the standard ones", name)
 
 
-
 def _steps_table(runs: list[Run]) -> str:
     """Per JPEG model: its steps against the ones its training started from, and how many stay soft."""
-    rows = []
-    for run in runs:
-        now = np.array([t for t in (run.jpeg_tables["luma"], run.jpeg_tables.get("chroma")) if t is not None], float)
-        start = (run.facts.get("model") or {}).get("jpeg_start_tables")
-        start = np.asarray(start, float)[: len(now)] if start is not None else None
-        hard = step_hardness(now, _layer(run))
-        moved = "n/a" if start is None else f"{float(np.abs(now - start).max()):.3g}"
-        share = "n/a" if start is None else f"{int((np.abs(now - start) > 0.05 * start).sum())} of {now.size}"
-        soft_start = "n/a" if start is None else str(int((step_hardness(start, _layer(run)) < SOFT).sum()))
-        rows.append([run.label, "learned" if _layer(run).get("trainable", True) else "fixed",
-                     "n/a" if start is None else f"{float(np.median(start[0])):.3g}", f"{float(np.median(now[0])):.3g}",
-                     moved, share, f"{soft_start} -> {int((hard < SOFT).sum())} of {now.size}",
-                     f"{float(np.median(hard)):.3g}"])
     return (f"Steps at the start of training and as evaluated; a step is soft when alpha q^2 < {SOFT:g} (the soft "
             "quantiser's input gradient is not near zero), moved when it changed by more than 5%:\n\n"
             + fmt.table(["model", "tables", "median luma step, start", "median luma step, now", "largest change",
-                         "steps moved", "soft steps, start -> now", "median alpha q^2"], rows))
+                         "steps moved", "soft steps, start -> now", "median alpha q^2"], [_steps_row(r) for r in runs]))
 
+
+def _steps_row(run: Run) -> list[str]:
+    layer, tables = _layer(run), run.jpeg_tables
+    now = np.array([t for t in (tables["luma"], tables.get("chroma")) if t is not None], float)
+    hard = step_hardness(now, layer)
+    soft_now = f"{int((hard < SOFT).sum())} of {now.size}"
+    start = (run.facts.get("model") or {}).get("jpeg_start_tables")
+    if start is None:
+        moved = ["n/a", "n/a", f"n/a -> {soft_now}"]
+        first = "n/a"
+    else:
+        start = np.asarray(start, float)[: len(now)]
+        change = np.abs(now - start)
+        soft_start = int((step_hardness(start, layer) < SOFT).sum())
+        moved = [f"{float(change.max()):.3g}", f"{int((change > 0.05 * start).sum())} of {now.size}",
+                 f"{soft_start} -> {soft_now}"]
+        first = f"{float(np.median(start[0])):.3g}"
+    return [run.label, "learned" if layer.get("trainable", True) else "fixed", first,
+            f"{float(np.median(now[0])):.3g}", *moved, f"{float(np.median(hard)):.3g}"]
 
 
 def step_hardness(steps: np.ndarray, layer: dict) -> np.ndarray:
     """alpha q^2 per step: how hard the soft quantiser is there (the paper's hardness; alpha = h / q^2 when set)."""
     if layer.get("hardness") is not None:
         return np.full(steps.shape, float(layer["hardness"]))
-    alpha = np.asarray(layer.get("alpha", 5.0) if layer.get("alpha") is not None else 5.0, float)
-    alpha = alpha[: len(steps)] if alpha.ndim == 3 else alpha
-    return alpha * steps**2
-
+    alpha = np.asarray(layer["alpha"], float)  # a layer's config always records its alpha: scalar, 8x8 or [T][8][8]
+    return (alpha[: len(steps)] if alpha.ndim == 3 else alpha) * steps**2
 
 
 def jpeg_section(runs: list[Run], out: Path) -> str:

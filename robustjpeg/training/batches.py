@@ -67,7 +67,6 @@ class Batches:
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
 
-
 def loaded(loader) -> Iterator:
     """Iterate a data loader; a user error raised in a worker (a corrupt file) comes back as its one line."""
     try:
@@ -78,7 +77,6 @@ def loaded(loader) -> Iterator:
         if len(lines) > 1 and lines[-1].startswith(prefix):
             raise type(exc)(lines[-1][len(prefix):]) from None
         raise
-
 
 
 def _seed_worker(seed: int, worker: int) -> None:

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from robustjpeg.data.preprocess import Preprocess
+from robustjpeg.data.preprocess import Preprocess, parse_input_size
 from robustjpeg.errors import ConfigError
 from robustjpeg.models.factory import VARIANTS
 from robustjpeg.models.jpeg import INITS as JPEG_INITS
@@ -72,6 +72,13 @@ class TrainConfig:
     channels: int | None = None
     extra: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        """Sequences as tuples and an input size as (H, W), however they were given (CLI, TOML, JSON, Python)."""
+        if self.milestones is not None:
+            self.milestones = tuple(self.milestones)
+        if self.input_size is not None:
+            self.input_size = parse_input_size(self.input_size)
+
     def resolved(self, family: str) -> TrainConfig:
         """Fill unset fields from the family recipe and check the combination."""
         recipe = RECIPES[family]
@@ -97,16 +104,11 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         names = {f.name for f in fields(cls)}
-        d = {k: v for k, v in d.items() if k in names}
-        for key in ("milestones", "input_size"):
-            if d.get(key) is not None:
-                d[key] = tuple(d[key])
-        return cls(**d)
+        return cls(**{k: v for k, v in d.items() if k in names})
 
     def preprocess(self) -> Preprocess:
         """The crop size and test-time resize asked for (unset fields come from the data)."""
         return Preprocess(self.input_size, self.resize, self.crop_pct, self.interpolation)
-
 
 
 def validate(cfg: TrainConfig) -> None:

@@ -18,7 +18,6 @@ SENSITIVITY_IMAGES = 10_000  # the official code estimates sensitivity on at lea
 DEFAULT_Q_MAX = 10.0  # largest luma step of the sensitivity tables: the paper's CIFAR setting (5 for fine-grained)
 
 
-
 def make_spec(cfg: TrainConfig, ds: Dataset) -> ModelSpec:
     """The model spec for this config and dataset (JPEG layer config from JpegLayer.config())."""
     jpeg = None
@@ -30,7 +29,6 @@ def make_spec(cfg: TrainConfig, ds: Dataset) -> ModelSpec:
         jpeg = {**layer.config(), "trainable": trainable}
     return ModelSpec(cfg.arch, len(ds.classes), ds.in_channels, tuple(ds.mean), tuple(ds.std), ds.input_size, jpeg,
                      preprocess=ds.applied.to_dict() if ds.applied else None)
-
 
 
 def init_tables(model: JpegModel, cfg: TrainConfig, ds: Dataset, device: torch.device) -> None:
@@ -57,7 +55,6 @@ def init_tables(model: JpegModel, cfg: TrainConfig, ds: Dataset, device: torch.d
                      q_max=DEFAULT_Q_MAX if cfg.q_max is None else cfg.q_max)
 
 
-
 def _sample_batch(ds: Dataset, n: int, seed: int, pool: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """n class-stratified training images in [0, 1] with labels, drawn from `pool` (training indices; default all)."""
     pool = torch.arange(len(ds.train)) if pool is None else pool
@@ -68,7 +65,6 @@ def _sample_batch(ds: Dataset, n: int, seed: int, pool: Tensor | None = None) ->
     return torch.stack([a for a, _ in items]), torch.tensor([b for _, b in items])
 
 
-
 def training_indices(ds: Dataset, cfg: TrainConfig) -> Tensor:
     """Indices of the training images a run uses: all of them, or its fixed stratified train_subset."""
     if cfg.train_subset is None:
@@ -76,7 +72,6 @@ def training_indices(ds: Dataset, cfg: TrainConfig) -> Tensor:
     if cfg.train_subset > len(ds.train):
         raise ConfigError(f"--train-subset {cfg.train_subset} exceeds the {len(ds.train)} training images")
     return stratified_indices(ds.train.y, cfg.train_subset, cfg.seed)
-
 
 
 def make_optimisers(model: JpegModel, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
@@ -89,7 +84,6 @@ def make_optimisers(model: JpegModel, cfg: TrainConfig) -> list[torch.optim.Opti
     if model.jpeg_parameters():
         opts.append(torch.optim.Adam(model.jpeg_parameters(), lr=cfg.jpeg_lr, weight_decay=cfg.jpeg_weight_decay))
     return opts
-
 
 
 def backbone_lr(cfg: TrainConfig, epoch: int) -> float:

@@ -71,7 +71,7 @@ class Benchmark:
     out: Path | None = None
     history: Path | None = None
     fail_on_drop: float | None = None
-    batch_size: int = 256
+    batch_size: int | None = None  # None: the sweep's default (256 on a CPU, from free memory on a GPU)
     eps: list[float] | None = None
     standard_eps: float | None = None
     l2_eps: list[float] | None = None  # L2 grid and standard budget for the suites that have L2 attacks
@@ -153,7 +153,7 @@ def load_benchmark(path: Path | str | None = None) -> Benchmark:
         data_root=data.get("root"), download=bool(data.get("download", False)),
         out=_path(head.get("out")), history=_path(head.get("history")),
         fail_on_drop=_typed(head.get("fail_on_drop"), (int, float), "benchmark.fail_on_drop", path),
-        batch_size=_typed(head.get("batch_size", 256), int, "benchmark.batch_size", path),
+        batch_size=_typed(head.get("batch_size"), int, "benchmark.batch_size", path),
         eps=_budgets(head, "eps", path), standard_eps=_budgets(head, "standard_eps", path),
         l2_eps=_budgets(head, "l2_eps", path, upper=math.inf),
         standard_l2_eps=_budgets(head, "standard_l2_eps", path, upper=math.inf),

@@ -241,7 +241,9 @@ def _add_sweep_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--transfer-from", default=None, metavar="CKPT", help="source model for transfer attacks (adaptive suite)")
     p.add_argument("--jpeg-mode", choices=["soft", "hard", "ste"], default=None,
                    help="evaluate the model with every JPEG layer in this mode (hard = a deployed codec)")
-    p.add_argument("--batch-size", type=int, default=256, help="images per attack batch; halves itself on GPU out-of-memory")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images per attack batch (default: 256 on a CPU, what half the free memory holds on a GPU); "
+                        "halves itself on GPU out-of-memory")
 
 
 def _load(args: argparse.Namespace, device):

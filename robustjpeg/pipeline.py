@@ -97,7 +97,7 @@ def evaluate(model: nn.Module | str | Path, data: DataArg, suite: str | Path | S
              n: int | None = None, eps: list[float] | None = None, standard_eps: float | None = None, seed: int = 0,
              device: str | torch.device | None = None, out: str | Path | None = None, resume: bool = False,
              transfer_from: nn.Module | str | Path | None = None, jpeg_mode: str | None = None,
-             name: str | None = None, defended: bool = False, batch_size: int = 256,
+             name: str | None = None, defended: bool = False, batch_size: int | None = None,
              progress: bool = False) -> Evaluation:
     """Attack `model` with `suite` on `data` (a data set name, a Dataset, or (x, y) tensors) and return the run.
 

@@ -1,5 +1,6 @@
-"""torchrun with 2 CPU processes (gloo): sharded sweeps equal one process sample by sample, DDP training keeps the
-ranks identical and leaves a loadable checkpoint, a killed rank resumes without redoing its finished cells."""
+"""torchrun with 2 CPU processes (gloo): sharded sweeps (cascade, a minimum-norm attack first) equal one process
+sample by sample, DDP training keeps the ranks identical and leaves a loadable checkpoint, a killed rank resumes
+without redoing its finished cells."""
 
 from __future__ import annotations
 
@@ -23,8 +24,8 @@ from sweep_models import suite_toml, write_suite
 
 HELPER = str(REPO / "tests" / "dist_helper.py")
 SUITE = suite_toml(["0", "2/255", "8/255", "32/255"], {"name": "fgsm", "kind": "fgsm"},
-                   {"name": "pgd", "kind": "pgd", "steps": 5, "random_start": False}, standard_eps="8/255",
-                   cascade=True)
+                   {"name": "pgd", "kind": "pgd", "steps": 5, "random_start": False},
+                   {"name": "fmn", "kind": "fmn", "norm": "Linf", "steps": 20}, standard_eps="8/255", cascade=True)
 N = 80
 TRAIN_ARGS = ("--epochs", "2", "--train-subset", "800", "--device", "cpu")
 
@@ -157,5 +158,5 @@ def test_killed_rank_resumes_without_redoing_finished_cells(trained, suite, sing
     torchrun(*args, "--resume")
     after = _finished_cells(out)
     assert all(after[p] == stamp for p, stamp in before.items()), "a cell finished before the kill was written again"
-    assert len(after) == 16 and len(before) < 16
+    assert len(after) == 2 * (2 * 4 + 1) and len(before) < len(after)  # per rank: FGSM, PGD at 4 budgets; FMN once
     _assert_same_samples(single, out)

@@ -13,11 +13,12 @@ from torch import nn
 from robustjpeg.attacks.suites import Suite, load_suite
 from robustjpeg.cli import EXIT_CHECK_FAILED, EXIT_OK, EXIT_USAGE, main
 from robustjpeg.data.datasets import eval_tensors, load_dataset
-from robustjpeg.errors import BadInput, RobustJpegWarning, RunFolderError
+from robustjpeg.errors import BadInput, ConfigError, RobustJpegWarning, RunFolderError
 from robustjpeg.evaluation.reference import reference_sweep
 from robustjpeg.evaluation.results import cell_metas, read_run
 from robustjpeg.evaluation.sweep import SweepConfig, run_sweep
 from robustjpeg.report.runs import load_run
+from robustjpeg.utils.gpu import CPU_BATCH, MAX_BATCH, fit_batch
 from robustjpeg.utils.io import file_sha256
 
 from conftest import Killed, one_thread
@@ -206,6 +207,34 @@ def test_batch_halves_on_out_of_memory_and_results_do_not_change(tmp_path):
     assert [c["robust"] for c in halved["cells"]] == [c["robust"] for c in small["cells"]]
     run = json.loads((tmp_path / "halved" / "run.json").read_text())
     assert run["batch_size"] == 64 and run["batch_size_final"] <= 10
+
+
+def test_attack_batch_fills_half_the_free_memory_within_the_data_and_the_cap():
+    mib = 2 ** 20
+    assert fit_batch(8 * 1024 * mib, 10 * mib, n=10_000) == 409  # half of 8 GiB over 10 MiB a sample
+    assert fit_batch(8 * 1024 * mib, 10 * mib, n=100) == 100
+    assert fit_batch(10 ** 15, 1.0, n=10 ** 6) == MAX_BATCH
+    assert fit_batch(mib, 10 * mib, n=100) == 1  # one sample more than fits still runs (out-of-memory halving)
+
+
+def test_unset_batch_size_is_the_cpu_batch_off_a_gpu_and_a_bad_one_is_refused(tmp_path):
+    suite = load_suite(write_suite(tmp_path, suite_toml(["0", "8/255"], FGSM)))
+    run_sweep(trained_cnn(), *eval_set(20), suite, tmp_path / "run", SweepConfig(progress=False))
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["batch_size"] is None and run["batch_size_final"] == CPU_BATCH
+    with pytest.raises(ConfigError, match="positive number of images"):
+        SweepConfig(batch_size=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_fast_path_gives_the_cpu_outcomes_of_a_deterministic_suite(tmp_path):
+    suite = load_suite(write_suite(tmp_path, DETERMINISTIC))
+    model, (x, y) = trained_cnn(), eval_set(64)
+    cpu = run_sweep(model, x, y, suite, tmp_path / "cpu", SweepConfig(progress=False))
+    gpu = run_sweep(model, x, y, suite, tmp_path / "gpu", SweepConfig(device="cuda", progress=False))
+    assert [c["robust"] for c in gpu["cells"]] == pytest.approx([c["robust"] for c in cpu["cells"]], abs=1 / 64)
+    run = json.loads((tmp_path / "gpu" / "run.json").read_text())
+    assert 1 <= run["batch_size_final"] <= len(y)
 
 
 def test_undefended_model_falls_to_zero_at_standard_budget_and_chance_at_one(tmp_path):

@@ -103,13 +103,18 @@ class SweepConfig:
 
     seed: int = 0
     device: str | torch.device = "cpu"
-    batch_size: int = 256  # halved on out-of-memory
+    batch_size: int | None = None  # None: 256 on a CPU, from free memory on a GPU; halved on out-of-memory
     resume: bool = False  # continue a run folder cell by cell instead of refusing a used one
     progress: bool = True
     jpeg_mode: str | None = None  # the whole sweep under one JPEG quantiser mode (e.g. "hard", a deployed codec)
     dataset: str = "unknown"
     indices: Tensor | None = None  # the samples' numbers in their test split, for paired comparisons
     data_facts: dict | None = None  # how the images were read (decoded count, resize, memory): run.json's "data"
+
+    def __post_init__(self) -> None:
+        if self.batch_size is not None and (isinstance(self.batch_size, bool) or self.batch_size < 1):
+            raise ConfigError(f"batch size {self.batch_size!r}: give a positive number of images per attack batch, "
+                              "or none to size it to the device")
 
 
 def run_sweep(model: nn.Module, x: Tensor, y: Tensor, suite: Suite, out_dir: Path,

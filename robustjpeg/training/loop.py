@@ -21,6 +21,7 @@ from robustjpeg.training.batches import Batches, loaded
 from robustjpeg.training.config import RESUME_FREE, TrainConfig
 from robustjpeg.training.setup import backbone_lr, init_tables, make_optimisers, make_spec
 from robustjpeg.utils import distributed
+from robustjpeg.utils.gpu import fast_input, fast_layout
 from robustjpeg.utils.io import (
     atomic_torch_save,
     atomic_write_json,
@@ -37,10 +38,6 @@ def _autocast(device: torch.device):
     return torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
-def _to_input(x: Tensor, device: torch.device) -> Tensor:
-    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
-
-
 def train_epoch(net: nn.Module, opts: list, batches: Batches, gen: torch.Generator, device: torch.device,
                 bar) -> dict[str, float]:
     """One pass over the training data; returns loss, accuracy and images per second (summed over all ranks)."""
@@ -50,7 +47,7 @@ def train_epoch(net: nn.Module, opts: list, batches: Batches, gen: torch.Generat
     seen, start = 0, time.perf_counter()
     for step, (x, y) in enumerate(batches.epoch(gen)):
         with _autocast(device):
-            logits = net(_to_input(x, device))
+            logits = net(fast_input(x, device))
             loss = F.cross_entropy(logits.float(), y)
         for opt in opts:
             opt.zero_grad(set_to_none=True)
@@ -85,7 +82,7 @@ def evaluate(net: nn.Module, split, device: torch.device, batch_size: int = 500,
     correct = torch.zeros((), dtype=torch.int64, device=device)
     for x, y in _eval_batches(part, batch_size, device, workers):
         with _autocast(device):
-            correct += (net(_to_input(x, device)).argmax(1) == y).sum()
+            correct += (net(fast_input(x, device)).argmax(1) == y).sum()
     return int(distributed.all_sum(correct, launch)), n
 
 
@@ -201,9 +198,7 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False) -> dict[str, Any]:
     model = build_model(spec).to(device)
     if not resume:  # a resumed run takes its tables from the checkpoint
         init_tables(model, cfg, ds, device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-        torch.backends.cudnn.benchmark = True
+    model = fast_layout(model, device)
     opts = make_optimisers(model, cfg)
     gen = torch.Generator().manual_seed(cfg.seed)
     history, start = _restore(ckpt_path, cfg, model, opts, gen) if resume else ([], _steps(model))

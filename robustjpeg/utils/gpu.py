@@ -1,0 +1,48 @@
+"""The GPU's fast path, shared by training and sweeps: channels-last layout, cuDNN autotuning, batches sized to memory.
+
+Every function is a no-op on a CPU, where channels-last convolutions are slower and memory is not the limit.
+Attacks stay in float32 on every device (a bf16 input gradient weakens them); only training uses autocast.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+CPU_BATCH = 256  # attack batch off a GPU: large enough to amortise the per-call cost, small enough for caches
+MAX_BATCH = 4096  # beyond this a larger batch gains nothing and delays the first finished cell
+MEMORY_SHARE = 0.5  # of the free memory, for one batch's activations; the rest for attack state and fragmentation
+
+
+def fast_layout(model: nn.Module, device: torch.device) -> nn.Module:
+    """On CUDA: weights in channels-last and cuDNN autotuning on (fixed input shapes, the fastest kernels)."""
+    if device.type != "cuda":
+        return model
+    torch.backends.cudnn.benchmark = True
+    return model.to(memory_format=torch.channels_last)
+
+
+def fast_input(x: Tensor, device: torch.device) -> Tensor:
+    """Images in the layout fast_layout's weights expect (channels-last on CUDA, unchanged elsewhere)."""
+    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" and x.dim() == 4 else x
+
+
+def fit_batch(free_bytes: int, per_sample_bytes: float, n: int, share: float = MEMORY_SHARE) -> int:
+    """The largest batch whose activations fill `share` of the free memory, within 1..min(n, MAX_BATCH)."""
+    fits = int(share * free_bytes // max(per_sample_bytes, 1.0))
+    return max(1, min(n, MAX_BATCH, fits))
+
+
+def attack_batch_size(model: nn.Module, x: Tensor, device: torch.device) -> int:
+    """CPU_BATCH off a GPU; on CUDA the batch that half the free memory holds, from the peak memory of one
+    input-gradient pass (what every gradient attack repeats) on a probe of up to 16 images."""
+    if device.type != "cuda":
+        return CPU_BATCH
+    probe = fast_input(x[:16].to(device, torch.float32), device).requires_grad_()
+    torch.cuda.synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    torch.autograd.grad(model(probe).float().logsumexp(1).sum(), probe)
+    per_sample = (torch.cuda.max_memory_allocated(device) - base) / len(probe)
+    free, _ = torch.cuda.mem_get_info(device)
+    return fit_batch(free, per_sample, len(x))

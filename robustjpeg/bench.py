@@ -15,10 +15,14 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from robustjpeg.benchfile import Benchmark, ModelEntry, match_source
 from robustjpeg.errors import ConfigError, FolderLocked
 from robustjpeg.utils.io import config_hash
+
+if TYPE_CHECKING:
+    from robustjpeg.report.runs import Run
 
 LATER_KEYS = ("q_max", "chroma_offset")  # train keys added after checkpoint folders were first keyed
 
@@ -224,7 +228,8 @@ def run_benchmark(bench: Benchmark, out: Path, *, device: str = "auto", suites: 
 
 def _run(bench: Benchmark, out: Path, device: str, suites: list[str] | None, eps: list[float] | None,
          progress: bool | None, log: Log) -> Outcome:
-    from robustjpeg.report.markdown import write_report
+    from robustjpeg.report.markdown import render_report
+    from robustjpeg.report.runs import load_runs
     from robustjpeg.utils.distributed import is_main
     from robustjpeg.utils.io import resolve_device
 
@@ -240,17 +245,18 @@ def _run(bench: Benchmark, out: Path, device: str, suites: list[str] | None, eps
     if not is_main():  # under torchrun the other ranks share training and sweeps; rank 0 alone records and reports
         return Outcome(report=out / "report" / "report.md", run_dirs=run_dirs, regressions=[], untrusted=[])
     regressions = _history(bench, run_dirs, log) if bench.history else []
-    report = write_report(run_dirs, out / "report", history=bench.history)
+    runs = load_runs(run_dirs)
+    report = render_report(runs, out / "report", history=bench.history)
     log(f"report written to {report}")
-    return Outcome(report=report, run_dirs=run_dirs, regressions=regressions, untrusted=_untrusted(run_dirs))
+    return Outcome(report=report, run_dirs=run_dirs, regressions=regressions, untrusted=_untrusted(runs))
 
 
-def _untrusted(run_dirs: list[Path]) -> list[str]:
+def _untrusted(runs: list[Run]) -> list[str]:
     """Models whose reported worst case (over every suite they ran) the verdict does not trust."""
-    from robustjpeg.report.runs import load_run, worst_case_verdict
+    from robustjpeg.report.runs import worst_case_verdict
 
     by_model: dict[str, list] = {}
-    for d in run_dirs:  # runs/MODEL/KEY/SUITE
-        by_model.setdefault(d.parent.parent.name, []).append(load_run(d))
+    for run in runs:
+        by_model.setdefault(run.model, []).append(run)
     verdicts = {model: worst_case_verdict(runs) for model, runs in by_model.items()}
     return [f"{model}: {v.status} ({v.reason})" for model, v in verdicts.items() if not v.trusted]

@@ -24,9 +24,13 @@ SUITES = "worst-case-by-suite.png"
 
 def write_report(run_dirs: list[Path], out: Path, history: Path | None = None) -> Path:
     """Write out/report.md with figures beside it and one RobustBench-style JSON per model; return report.md."""
+    return render_report(load_runs([Path(p) for p in run_dirs]), out, history)
+
+
+def render_report(runs: list[Run], out: Path, history: Path | None = None) -> Path:
+    """write_report for runs already loaded (by load_runs, which labels them and gives each its verdict)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    runs = load_runs([Path(p) for p in run_dirs])
     parts = [_title(runs)]
     if runs:
         parts += _run_sections(runs, out)

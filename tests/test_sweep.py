@@ -18,7 +18,7 @@ from robustjpeg.evaluation.reference import reference_sweep
 from robustjpeg.evaluation.results import cell_metas, read_run
 from robustjpeg.evaluation.sweep import SweepConfig, run_sweep
 from robustjpeg.report.runs import load_run
-from robustjpeg.utils.gpu import CPU_BATCH, MAX_BATCH, fit_batch
+from robustjpeg.utils.gpu import CPU_BATCH, MAX_BATCH, ChannelsLastInput, fit_batch
 from robustjpeg.utils.io import file_sha256
 
 from conftest import Killed, one_thread
@@ -224,6 +224,26 @@ def test_unset_batch_size_is_the_cpu_batch_off_a_gpu_and_a_bad_one_is_refused(tm
     assert run["batch_size"] is None and run["batch_size_final"] == CPU_BATCH
     with pytest.raises(ConfigError, match="positive number of images"):
         SweepConfig(batch_size=0)
+
+
+def test_unset_batch_size_is_probed_once_per_sweep_and_every_engine_uses_it(tmp_path, monkeypatch):
+    import robustjpeg.evaluation.sweep as sweep_module
+
+    calls = []
+    monkeypatch.setattr(sweep_module, "attack_batch_size", lambda model, x, device: calls.append(len(x)) or 7)
+    suite = load_suite(write_suite(tmp_path, suite_toml(["0", "8/255"], FGSM)))
+    run_sweep(trained_cnn(), *eval_set(20), suite, tmp_path / "run", SweepConfig(progress=False))
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert calls == [20] and run["batch_size"] is None and run["batch_size_final"] == 7
+
+
+def test_channels_last_wrapper_feeds_the_model_channels_last_and_changes_no_logit():
+    seen, model = [], nn.Conv2d(3, 4, 3)  # three channels: a one-channel tensor is both layouts at once
+    model.register_forward_pre_hook(lambda _, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+    x = torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(ChannelsLastInput(model)(x), model(x))
+    assert seen == [True, False]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -15,22 +15,20 @@ from torch import Tensor, nn
 from robustjpeg.attacks.suites import AttackSpec
 from robustjpeg.evaluation.results import CellStore
 from robustjpeg.models.jpeg import jpeg_mode
-from robustjpeg.utils.gpu import attack_batch_size, fast_input, fast_layout
+from robustjpeg.utils.gpu import for_attacks
 
 
 class PassCounter(nn.Module):
-    """Wraps a model and counts per-sample passes: batch rows through forward, and rows whose logits got a gradient.
-    Given a device, it feeds the model that device's fast layout (channels-last on CUDA) while attacks keep theirs."""
+    """Wraps a model and counts per-sample passes: batch rows through forward, and rows whose logits got a gradient."""
 
-    def __init__(self, model: nn.Module, tally: dict[str, int] | None = None, device: torch.device | None = None) -> None:
+    def __init__(self, model: nn.Module, tally: dict[str, int] | None = None) -> None:
         super().__init__()
         self.model = model
         self.tally = {"forward": 0, "backward": 0} if tally is None else tally
-        self.device = device
         self.train(model.training)  # torchattacks restores the mode it reads here: never flip BN into training
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.model(x if self.device is None else fast_input(x, self.device))
+        out = self.model(x)
         self.tally["forward"] += x.shape[0]
         if out.requires_grad:
             out.register_hook(self._count_backward)
@@ -60,26 +58,22 @@ def _is_oom(exc: BaseException) -> bool:
 class Engine:
     """Holds the model, data and bookkeeping of one sweep; every model call goes through its pass counter."""
 
-    def __init__(self, model: nn.Module, x: Tensor, y: Tensor, *, seed: int, device, batch_size: int | None,
+    def __init__(self, model: nn.Module, x: Tensor, y: Tensor, *, seed: int, device, batch_size: int,
                  progress: bool, transfer_source: nn.Module | None = None, ids: Tensor | None = None) -> None:
         self.device = torch.device(device)
         self.tally = {"forward": 0, "backward": 0}
         self.reused = {"forward": 0, "backward": 0}  # passes of cells finished by an earlier, resumed invocation
         self.meta: dict[str, dict] = {}  # facts of every cell (budget, adversarial-example statistics, passes)
-        self.model, self.source = (None if m is None else PassCounter(self._placed(m), self.tally, self.device)
+        self.model, self.source = (None if m is None else PassCounter(for_attacks(m, self.device), self.tally)
                                    for m in (model, transfer_source))
         # contiguous: adv-lib's attacks project through in-place ops on flatten() views, which on a channels-last
         # tensor are copies, so the projection would be lost without a word
         self.x, self.y = x.to(self.device, torch.float32).contiguous(), y.to(self.device, torch.int64)
         self.seed, self.progress = seed, progress
-        self.batch_size = batch_size or attack_batch_size(self.model.model, self.x, self.device)  # None: from memory
+        self.batch_size = batch_size
         self.ids = torch.arange(len(x)) if ids is None else ids.cpu()  # sample numbers in the whole sweep (batch seeds)
         self.logits = self.map(torch.arange(len(x), device=self.device), lambda idx: self.predict_logits(self.x[idx]))
         self.clean = (self.logits.argmax(1) == self.y)
-
-    def _placed(self, model: nn.Module) -> nn.Module:
-        """The model on the engine's device, in float32 (attacks never run in bf16) and its fast layout."""
-        return fast_layout(model.to(self.device, torch.float32).eval(), self.device)
 
     def map(self, idx: Tensor, fn: Callable[[Tensor], Tensor], desc: str | None = None) -> Tensor:
         """fn over idx in batches; on CUDA out-of-memory the batch size halves and the batch is retried."""

@@ -29,6 +29,7 @@ from robustjpeg.evaluation.results import (
 from robustjpeg.models.info import ModelInfo
 from robustjpeg.models.jpeg import jpeg_layers, jpeg_mode
 from robustjpeg.utils import distributed
+from robustjpeg.utils.gpu import attack_batch_size
 from robustjpeg.utils.io import config_hash, device_description, library_versions, read_json, resolve_device
 
 
@@ -103,7 +104,7 @@ class SweepConfig:
 
     seed: int = 0
     device: str | torch.device = "cpu"
-    batch_size: int | None = None  # None: 256 on a CPU, from free memory on a GPU; halved on out-of-memory
+    batch_size: int | None = None  # None: 256 on a CPU, from free memory on a GPU (run_sweep resolves it); halved on OOM
     resume: bool = False  # continue a run folder cell by cell instead of refusing a used one
     progress: bool = True
     jpeg_mode: str | None = None  # the whole sweep under one JPEG quantiser mode (e.g. "hard", a deployed codec)
@@ -136,11 +137,13 @@ def run_sweep(model: nn.Module, x: Tensor, y: Tensor, suite: Suite, out_dir: Pat
     info.jpeg_tables = info.jpeg_tables or jpeg_tables(model)
     device = config.device
     device = distributed.local_device(resolve_device(device) if isinstance(device, str) else torch.device(device), launch)
-    config = replace(config, device=device, progress=config.progress and launch.rank == 0)
+    requested = config.batch_size
+    config = replace(config, device=device, progress=config.progress and launch.rank == 0,
+                     batch_size=requested or attack_batch_size(model, x, device))  # probed once, for every engine
     run = {"status": "running", "fingerprint": fingerprint, "suite": suite.to_dict(), "model": info.to_dict(),
            "dataset": config.dataset, "n": len(y), "seed": config.seed, "deploy_mode": config.jpeg_mode,
            "data": config.data_facts, "versions": library_versions(), "device": device_description(device),
-           "batch_size": config.batch_size, "processes": launch.world,
+           "batch_size": requested, "processes": launch.world,
            "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     if launch.rank == 0:
         write_run(out, run)

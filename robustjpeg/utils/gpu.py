@@ -22,9 +22,28 @@ def fast_layout(model: nn.Module, device: torch.device) -> nn.Module:
     return model.to(memory_format=torch.channels_last)
 
 
+class ChannelsLastInput(nn.Module):
+    """Feeds a model in fast_layout channels-last images, whatever layout its callers (attacks) keep."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.train(model.training)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x)
+
+
 def fast_input(x: Tensor, device: torch.device) -> Tensor:
     """Images in the layout fast_layout's weights expect (channels-last on CUDA, unchanged elsewhere)."""
     return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" and x.dim() == 4 else x
+
+
+def for_attacks(model: nn.Module, device: torch.device) -> nn.Module:
+    """The model as attacks call it: on the device, in float32 (never bf16), in eval mode and its fast layout; on
+    CUDA wrapped to take channels-last input."""
+    model = fast_layout(model.to(device, torch.float32).eval(), device)
+    return ChannelsLastInput(model) if device.type == "cuda" else model
 
 
 def fit_batch(free_bytes: int, per_sample_bytes: float, n: int, share: float = MEMORY_SHARE) -> int:
@@ -38,11 +57,11 @@ def attack_batch_size(model: nn.Module, x: Tensor, device: torch.device) -> int:
     input-gradient pass (what every gradient attack repeats) on a probe of up to 16 images."""
     if device.type != "cuda":
         return CPU_BATCH
-    probe = fast_input(x[:16].to(device, torch.float32), device).requires_grad_()
+    net, probe = for_attacks(model, device), x[:16].to(device, torch.float32).requires_grad_()
     torch.cuda.synchronize(device)
     base = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
-    torch.autograd.grad(model(probe).float().logsumexp(1).sum(), probe)
+    torch.autograd.grad(net(probe).float().logsumexp(1).sum(), probe)
     per_sample = (torch.cuda.max_memory_allocated(device) - base) / len(probe)
     free, _ = torch.cuda.mem_get_info(device)
     return fit_batch(free, per_sample, len(x))

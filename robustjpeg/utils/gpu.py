@@ -31,12 +31,17 @@ class ChannelsLastInput(nn.Module):
         self.train(model.training)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.model(x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x)
+        return self.model(channels_last(x))
+
+
+def channels_last(x: Tensor) -> Tensor:
+    """A batch of images in channels-last memory (anything but a 4-d batch unchanged)."""
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
 
 
 def fast_input(x: Tensor, device: torch.device) -> Tensor:
     """Images in the layout fast_layout's weights expect (channels-last on CUDA, unchanged elsewhere)."""
-    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" and x.dim() == 4 else x
+    return channels_last(x) if device.type == "cuda" else x
 
 
 def for_attacks(model: nn.Module, device: torch.device) -> nn.Module:

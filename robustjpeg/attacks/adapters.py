@@ -12,6 +12,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from robustjpeg.attacks.noise import chunk_seed, keyed_rand
 from robustjpeg.attacks.pgd import early_exit_pgd
 from robustjpeg.errors import MissingDependency
 from robustjpeg.utils.registry import Registry
@@ -90,7 +91,7 @@ class PGD(Attack):
         if eps == 0:  # the L2 projection rescales by eps / |delta| = 0 / 0 at a zero budget
             return x.clone()
         return early_exit_pgd(model, x, y, eps, steps=self.steps, alpha=self.rel_stepsize * eps / self.steps,
-                              norm=self.norm, random_start=self.random_start, judge=judge)
+                              norm=self.norm, random_start=self.random_start, seed=seed, judge=judge)
 
 
 @ATTACKS.register("apgd")
@@ -100,7 +101,7 @@ class APGD(Attack):
 
     Run whole on the samples the engine hands it (the survivors): its step size halves at checkpoints set by the
     whole run's length, so stopping a sample early would change the attack; it already skips samples misclassified
-    at the start.
+    at the start. Its random start is keyed per sample (keyed_start), its only random draw.
     """
 
     NORMS = NORMS
@@ -119,12 +120,31 @@ class APGD(Attack):
         else:
             attack = APGDAttack(model, n_iter=self.steps, norm=self.norm, eps=eps, seed=seed, loss=self.loss,
                                 device=x.device)
+        keyed_start(attack, seed)
         return attack.perturb(x, y)
 
     def autoattack_part(self) -> str | None:
         if self.steps != 100:
             return None
         return "apgd-t" if self.targeted else ("apgd-ce" if self.loss == "ce" else None)
+
+
+def keyed_start(apgd, seed: int) -> None:
+    """Make a pyautoattack APGD (or APGD-T) instance start each sample from noise keyed by the seed, the image and
+    (APGD-T) its target class, built as APGD builds its start, instead of one draw for the whole batch it is given:
+    under cascade, sharding or another batch size a sample then gets the same start (attacks.noise)."""
+    from pyautoattack.autopgd_base import APGDAttack_targeted
+
+    run, targeted = apgd.attack_single_run, isinstance(apgd, APGDAttack_targeted)
+
+    def single_run(x: Tensor, y: Tensor, x_init: Tensor | None = None):
+        if x_init is None:
+            tags = apgd.y_target if targeted else None
+            t = keyed_rand(x, seed, "apgd-start", normal=apgd.norm != "Linf", tags=tags)
+            x_init = x + apgd.eps * apgd.normalize(2 * t - 1 if apgd.norm == "Linf" else t)
+        return run(x, y, x_init=x_init)
+
+    apgd.attack_single_run = single_run
 
 
 def _classes(model: nn.Module, x: Tensor) -> int:
@@ -139,6 +159,8 @@ class AutoAttack(Attack):
 
     Left whole on the survivors it is given: it is itself a cascade (each part on what the earlier ones failed on).
     skip: parts it leaves out because the suite runs them, with its settings, as cells of their own (cascade).
+    Its APGD parts start from per-sample keyed noise (keyed_start) and FAB-T (one restart) draws nothing, so only its
+    Square, which draws per batch, depends on which samples share a batch.
     """
 
     NORMS = NORMS
@@ -149,7 +171,9 @@ class AutoAttack(Attack):
     def perturb(self, model, x, y, eps, seed, skip: tuple[str, ...] = ()):
         from pyautoattack import AutoAttack as Official
 
-        attack = Official(model, eps=eps, norm=self.norm, version="standard", seed=seed, device=x.device)
+        attack = Official(model, eps=eps, norm=self.norm, version="standard", seed=chunk_seed(x, seed), device=x.device)
+        keyed_start(attack.apgd, seed)
+        keyed_start(attack.apgd_targeted, seed)
         attack.attacks_to_run = [part for part in attack.attacks_to_run if part not in skip]
         if not attack.attacks_to_run:
             return x.clone()
@@ -167,7 +191,9 @@ class Square(Attack):
     """Square attack (pyautoattack): score-based black box, margin loss, Linf or L2.
 
     Left whole: it already stops querying a sample once it is misclassified. rescale_schedule: the step schedule is
-    stretched to the query count (pyautoattack's default); AutoAttack's own Square has it off.
+    stretched to the query count (pyautoattack's default); AutoAttack's own Square has it off. Its draws are per batch
+    (window positions shared by the batch, interleaved with per-sample signs), so they cannot be keyed per sample from
+    outside: a sample's Square run depends on its batch mates.
     """
 
     NORMS = NORMS
@@ -180,8 +206,8 @@ class Square(Attack):
     def perturb(self, model, x, y, eps, seed):
         from pyautoattack.square import SquareAttack
 
-        attack = SquareAttack(model, norm=self.norm, n_queries=self.queries, eps=eps, p_init=self.p_init, seed=seed,
-                              device=x.device, resc_schedule=self.rescale_schedule)
+        attack = SquareAttack(model, norm=self.norm, n_queries=self.queries, eps=eps, p_init=self.p_init,
+                              seed=chunk_seed(x, seed), device=x.device, resc_schedule=self.rescale_schedule)
         return attack.perturb(x, y)
 
     def strength(self) -> int:
@@ -200,9 +226,7 @@ class UniformNoise(Attack):
     noise_baseline = True
 
     def perturb(self, model, x, y, eps, seed):
-        gen = torch.Generator(device=x.device).manual_seed(seed)
-        noise = torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype) * 2 - 1
-        return torch.clamp(x + eps * noise, 0, 1)
+        return torch.clamp(x + eps * (2 * keyed_rand(x, seed, "noise") - 1), 0, 1)
 
 
 def adv_lib_attacks():

@@ -131,18 +131,22 @@ class Engine:
 
     def break_samples(self, spec: AttackSpec, key: str, idx: Tensor, eps: float,
                       perturb: Callable[[Tensor, int], Tensor], stats: dict) -> Tensor:
-        """Attack idx (restarts attack only the survivors); returns which of idx were broken."""
+        """Attack idx (restarts attack only the survivors); returns which of idx were broken.
+
+        perturb gets one seed per cell and restart, whatever the batch: adapters key their noise by it and the image
+        (attacks.noise), so a sample's attack does not depend on its batch mates; the global RNG, for draws a library
+        makes per batch, is seeded per batch."""
         broken = torch.zeros(len(idx), dtype=torch.bool, device=self.device)
         for restart in range(spec.restarts):
             alive = (~broken).nonzero().flatten()
             if len(alive) == 0:
                 break
+            seed = batch_seed(self.seed, key, restart)
 
             def attack(pos: Tensor) -> Tensor:
                 chunk = idx[pos]
-                seed = batch_seed(self.seed, key, restart, int(self.ids[int(chunk[0])]))  # noqa: B023 (run in this loop)
-                with self.view(spec), seeded(seed, self.device):
-                    adv = perturb(chunk, seed)
+                with self.view(spec), seeded(batch_seed(seed, int(self.ids[int(chunk[0])])), self.device):  # noqa: B023
+                    adv = perturb(chunk, seed)  # noqa: B023 (run in this loop)
                 record_adv_stats(stats, adv.detach(), self.x[chunk], eps, spec.norm)
                 return self.predict(adv.detach()) != self.y[chunk]
 

@@ -6,7 +6,8 @@ directly at every budget of both norms, a torchattacks loop over every other fix
 restart, every budget, every sample: FGSM, PGD, PGD-L2, APGD, APGD-T, Square) and the minimum-norm attacks once
 each. Prints each way's per-sample passes (forward + backward; attacks, not the engine's checks) and wall time, the
 share of the naive passes, the passes per attack, and the (sample, budget) pairs the naive way breaks that the
-engine's worst case leaves robust (must be 0). Repetitions are interleaved; the median wall time counts.
+engine's worst case leaves robust, and the other way round; then cascade against full the same way (0 / 0 but
+for Square, whose draws depend on its batch). Repetitions are interleaved; the median wall time counts.
 
 --cache DIR keeps every finished (model, way, repetition) there and reads it back instead of running it again, so a
 long benchmark can be split over invocations.
@@ -171,6 +172,8 @@ def report(label: str, found: dict[str, list[Outcome]]) -> None:
               f"{'-' if way == 'naive' else against(reps, found['naive'])} |")
     for way, reps in found.items():
         print(f"{way} passes per attack: " + ", ".join(f"{k} {v:,}" for k, v in reps[0]["passes"].items()))
+    if "cascade" in found and "full" in found:
+        print(f"cascade against full, weaker / stronger: {against(found['cascade'], found['full'])}")
 
 
 def main() -> None:

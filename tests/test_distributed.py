@@ -1,6 +1,6 @@
-"""torchrun with 2 CPU processes (gloo): sharded sweeps (cascade, a minimum-norm attack first) equal one process
-sample by sample, DDP training keeps the ranks identical and leaves a loadable checkpoint, a killed rank resumes
-without redoing its finished cells."""
+"""torchrun with 2 CPU processes (gloo): sharded sweeps (cascade, a minimum-norm attack first, random-start
+PGD) equal one process sample by sample, DDP training keeps the ranks identical and leaves a loadable checkpoint,
+a killed rank resumes without redoing its finished cells."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from sweep_models import suite_toml, write_suite
 
 HELPER = str(REPO / "tests" / "dist_helper.py")
 SUITE = suite_toml(["0", "2/255", "8/255", "32/255"], {"name": "fgsm", "kind": "fgsm"},
-                   {"name": "pgd", "kind": "pgd", "steps": 5, "random_start": False},
+                   {"name": "pgd", "kind": "pgd", "steps": 5},  # random start, keyed per sample
                    {"name": "fmn", "kind": "fmn", "norm": "Linf", "steps": 20}, standard_eps="8/255", cascade=True)
 N = 80
 TRAIN_ARGS = ("--epochs", "2", "--train-subset", "800", "--device", "cpu")

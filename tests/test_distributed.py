@@ -74,8 +74,10 @@ def single(trained, suite, tmp_path_factory) -> Path:
 
 def _assert_same_samples(a: Path, b: Path) -> None:
     ra, rb = read_run(a), read_run(b)
-    for name in ra.samples:
-        assert np.array_equal(ra.samples[name], rb.samples[name]), f"samples.npz {name} differs between {a} and {b}"
+    for name in ra.samples:  # distances may differ in the last float bit: a rank's smaller batch rounds otherwise
+        x, y = ra.samples[name], rb.samples[name]
+        same = np.allclose(x, y, rtol=1e-6, atol=0) if name == "distances" else np.array_equal(x, y)
+        assert same, f"samples.npz {name} differs between {a} and {b}"
     assert ra.samples.keys() == rb.samples.keys()
     assert ra.results["cells"] == rb.results["cells"] and ra.results["worst_case"] == rb.results["worst_case"]
     assert ra.results["checks"] == rb.results["checks"]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from robustjpeg.attacks.adapters import ATTACKS
+from robustjpeg.attacks.adapters import ATTACKS, keyed_start
 from robustjpeg.attacks.noise import keyed_rand
 from robustjpeg.attacks.suites import load_suite
 from robustjpeg.evaluation.results import cell_metas, read_run
@@ -47,6 +47,25 @@ def test_a_random_attack_gives_a_sample_the_same_example_in_any_batch(kind, para
     part = torch.tensor([3, 17, 30, 31, 39])
     assert torch.allclose(adapter.perturb(model, x[part], y[part], eps, 11), whole[part], atol=1e-6)
     assert not torch.allclose(adapter.perturb(model, x, y, eps, 12), whole, atol=1e-6)
+
+
+@pytest.mark.parametrize("norm, eps", [("Linf", 0.1), ("L2", 1.0)])
+def test_keyed_start_builds_the_start_as_the_official_apgd_does(monkeypatch, norm, eps):
+    """keyed_start rebuilds pyautoattack's start formula around keyed noise: handed that noise as its own draw, the
+    unpatched official APGD makes the same example bit for bit (this fails if pyautoattack changes its start)."""
+    from pyautoattack.autopgd_base import APGDAttack
+
+    model, (x, y) = trained_cnn(), eval_set(40)
+    right = model(x).argmax(1) == y
+    x, y = x[right], y[right]  # APGD attacks only these: its own draw then has x's shape, in x's order
+    keyed = APGDAttack(model, n_iter=5, norm=norm, eps=eps, seed=0, device=x.device)
+    keyed_start(keyed, 7)
+    expected = keyed.perturb(x, y)
+    noise = keyed_rand(x, 7, "apgd-start", normal=norm != "Linf")
+    monkeypatch.setattr(torch, "rand" if norm == "Linf" else "randn", lambda *shape, **kwargs: noise.clone())
+    official = APGDAttack(model, n_iter=5, norm=norm, eps=eps, seed=0, device=x.device).perturb(x, y)
+    assert torch.equal(official, expected)
+    assert not torch.equal(expected, x)
 
 
 def test_official_autoattack_without_its_square_gives_a_sample_the_same_example_in_any_batch():

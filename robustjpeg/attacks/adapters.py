@@ -131,8 +131,9 @@ class APGD(Attack):
 
 def keyed_start(apgd, seed: int) -> None:
     """Make a pyautoattack APGD (or APGD-T) instance start each sample from noise keyed by the seed, the image and
-    (APGD-T) its target class, built as APGD builds its start, instead of one draw for the whole batch it is given:
-    under cascade, sharding or another batch size a sample then gets the same start (attacks.noise)."""
+    (APGD-T) its target class, built as APGD builds its start (a test holds it to the library's own formula), instead
+    of one draw for the whole batch it is given: under cascade, sharding or another batch size a sample then gets the
+    same start (attacks.noise)."""
     from pyautoattack.autopgd_base import APGDAttack_targeted
 
     run, targeted = apgd.attack_single_run, isinstance(apgd, APGDAttack_targeted)

@@ -1,15 +1,24 @@
-"""Atomic writes leave files as readable as the umask says, like any other file the user writes."""
+"""Atomic writes leave files as readable as the umask says, like any other file the user writes; a run names the CPU
+kernels it ran on."""
 
 from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
-from robustjpeg.utils.io import atomic_save_npz, atomic_torch_save, atomic_write_json, atomic_write_text
+from robustjpeg.utils.io import (
+    atomic_save_npz,
+    atomic_torch_save,
+    atomic_write_json,
+    atomic_write_text,
+    device_description,
+)
 
 
 @pytest.fixture
@@ -32,3 +41,11 @@ def test_every_atomic_write_gets_the_mode_the_umask_gives(tmp_path, umask, mask,
     for name, write in writers.items():
         write(tmp_path / name)
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode, f"{name} under umask {mask:03o}"
+
+
+def test_a_cpu_run_names_the_vector_kernels_torch_picked():
+    """AVX2 and AVX512 kernels round differently, so the same training gives other weights: the run says which ran."""
+    assert f"{torch.backends.cpu.get_cpu_capability()} kernels)" in device_description("cpu")
+    scalar = subprocess.run([sys.executable, "-c", "from robustjpeg.utils.io import device_description as d; print(d('cpu'))"],
+                            env={**os.environ, "ATEN_CPU_CAPABILITY": "default"}, capture_output=True, text=True, check=True)
+    assert scalar.stdout.strip().endswith("DEFAULT kernels)"), scalar.stdout

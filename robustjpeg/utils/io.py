@@ -108,7 +108,8 @@ def library_versions() -> dict[str, str]:
 
 
 def device_description(device) -> str:
-    """Human-readable name of the device a run used (GPU model, or CPU with the torch threads it ran on)."""
+    """Human-readable name of the device a run used: the GPU model, or the CPU with the torch threads it ran on and
+    the vector kernels torch picked (AVX2 and AVX512 round differently, so the same training gives other weights)."""
     import torch
 
     device = torch.device(device)
@@ -116,7 +117,7 @@ def device_description(device) -> str:
         return torch.cuda.get_device_name(device)
     threads = torch.get_num_threads()
     return (f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-            f"{threads} thread{'s' if threads > 1 else ''})")
+            f"{threads} thread{'s' if threads > 1 else ''}, {torch.backends.cpu.get_cpu_capability()} kernels)")
 
 
 def resolve_device(choice: str = "auto"):

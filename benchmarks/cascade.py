@@ -67,11 +67,12 @@ def nest(broken: dict[tuple[str, float], torch.Tensor], clean: torch.Tensor) -> 
     return out
 
 
-def official_autoattack(counted: PassCounter, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float) -> torch.Tensor:
+def official_autoattack(counted: PassCounter, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float,
+                        seed: int = 0) -> torch.Tensor:
     """The official AutoAttack (standard) at one budget on every sample, as its README runs it: which it broke."""
     from pyautoattack import AutoAttack
 
-    attack = AutoAttack(counted, eps=eps, norm=norm, version="standard", seed=0, device=x.device)
+    attack = AutoAttack(counted, eps=eps, norm=norm, version="standard", seed=seed, device=x.device)
     attack.verbose = False
     adv, _ = attack.run_standard_evaluation(x, y, batch_size=len(x))
     with torch.no_grad():

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from fractions import Fraction
 from pathlib import Path
 
 import torch
@@ -23,6 +22,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent)]
 
 from cascade import MODELS, load, official_autoattack  # noqa: E402
 
+from robustjpeg.attacks.budgets import parse_budget  # noqa: E402
 from robustjpeg.evaluation.engine import PassCounter  # noqa: E402
 
 
@@ -36,7 +36,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     model, x, y = load(args.model, args.n)
-    eps, seeds = float(Fraction(args.eps)), [int(s) for s in args.seeds.split(",")]
+    eps, seeds = parse_budget(args.eps), [int(s) for s in args.seeds.split(",")]
     with torch.no_grad():
         clean = model(x).argmax(1) == y
     broken = {}
@@ -46,8 +46,8 @@ def main() -> None:
         robust = (clean & ~broken[seed]).nonzero().flatten().tolist()
         print(f"seed {seed}: breaks {int(broken[seed].sum())} of {int(clean.sum())} clean-correct, "
               f"{time.perf_counter() - start:.1f} s; robust: {robust}", flush=True)
-    every, some = torch.stack(list(broken.values())).all(0), torch.stack(list(broken.values())).any(0)
-    split = (some & ~every).nonzero().flatten().tolist()
+    stacked = torch.stack(list(broken.values()))
+    split = (stacked.any(0) & ~stacked.all(0)).nonzero().flatten().tolist()
     print(f"{MODELS[args.model][0]}, {args.norm} {args.eps}: {len(split)} sample(s) broken by some seeds, not all")
     for i in split:
         print(f"  sample {i}: broken by seed(s) {[s for s in seeds if broken[s][i]]}")

@@ -46,6 +46,7 @@ def test_every_atomic_write_gets_the_mode_the_umask_gives(tmp_path, umask, mask,
 def test_a_cpu_run_names_the_vector_kernels_torch_picked():
     """AVX2 and AVX512 kernels round differently, so the same training gives other weights: the run says which ran."""
     assert f"{torch.backends.cpu.get_cpu_capability()} kernels)" in device_description("cpu")
-    scalar = subprocess.run([sys.executable, "-c", "from robustjpeg.utils.io import device_description as d; print(d('cpu'))"],
-                            env={**os.environ, "ATEN_CPU_CAPABILITY": "default"}, capture_output=True, text=True, check=True)
+    code = "from robustjpeg.utils.io import device_description as d; print(d('cpu'))"
+    scalar = subprocess.run([sys.executable, "-c", code], env={**os.environ, "ATEN_CPU_CAPABILITY": "default"},
+                            capture_output=True, text=True, check=True)
     assert scalar.stdout.strip().endswith("DEFAULT kernels)"), scalar.stdout

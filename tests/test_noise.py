@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from robustjpeg.attacks.adapters import ATTACKS, keyed_start
+from robustjpeg.attacks.adapters import ATTACKS, keyed_start, start_noise
 from robustjpeg.attacks.noise import keyed_rand
 from robustjpeg.attacks.suites import load_suite
 from robustjpeg.evaluation.results import cell_metas, read_run
@@ -61,9 +61,10 @@ def test_keyed_start_builds_the_start_as_the_official_apgd_does(monkeypatch, nor
     keyed = APGDAttack(model, n_iter=5, norm=norm, eps=eps, seed=0, device=x.device)
     keyed_start(keyed, 7)
     expected = keyed.perturb(x, y)
-    noise = keyed_rand(x, 7, "apgd-start", normal=norm != "Linf")
+    attack = APGDAttack(model, n_iter=5, norm=norm, eps=eps, seed=0, device=x.device)
+    noise = start_noise(attack, x, 7)
     monkeypatch.setattr(torch, "rand" if norm == "Linf" else "randn", lambda *shape, **kwargs: noise.clone())
-    official = APGDAttack(model, n_iter=5, norm=norm, eps=eps, seed=0, device=x.device).perturb(x, y)
+    official = attack.perturb(x, y)
     assert torch.equal(official, expected)
     assert not torch.equal(expected, x)
 

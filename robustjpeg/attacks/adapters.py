@@ -134,18 +134,24 @@ def keyed_start(apgd, seed: int) -> None:
     (APGD-T) its target class, built as APGD builds its start (a test holds it to the library's own formula), instead
     of one draw for the whole batch it is given: under cascade, sharding or another batch size a sample then gets the
     same start (attacks.noise)."""
-    from pyautoattack.autopgd_base import APGDAttack_targeted
-
-    run, targeted = apgd.attack_single_run, isinstance(apgd, APGDAttack_targeted)
+    run = apgd.attack_single_run
 
     def single_run(x: Tensor, y: Tensor, x_init: Tensor | None = None):
         if x_init is None:
-            tags = apgd.y_target if targeted else None
-            t = keyed_rand(x, seed, "apgd-start", normal=apgd.norm != "Linf", tags=tags)
+            t = start_noise(apgd, x, seed)
             x_init = x + apgd.eps * apgd.normalize(2 * t - 1 if apgd.norm == "Linf" else t)
         return run(x, y, x_init=x_init)
 
     apgd.attack_single_run = single_run
+
+
+def start_noise(apgd, x: Tensor, seed: int) -> Tensor:
+    """The keyed draw keyed_start builds an APGD start from, where APGD itself draws torch.rand (Linf) or torch.randn
+    (L2) for the whole batch; APGD-T's draw is keyed by the target class too."""
+    from pyautoattack.autopgd_base import APGDAttack_targeted
+
+    tags = apgd.y_target if isinstance(apgd, APGDAttack_targeted) else None
+    return keyed_rand(x, seed, "apgd-start", normal=apgd.norm != "Linf", tags=tags)
 
 
 def _classes(model: nn.Module, x: Tensor) -> int:
